@@ -1,0 +1,468 @@
+//! The gateway's configuration: one YAML file, every setting overridable from
+//! the environment, validated once at start-up with errors that name the field.
+//!
+//! Environment overrides use the prefix `OSMOSIS_` and `__` between nested
+//! keys: `OSMOSIS_LISTEN=0.0.0.0:8080`, `OSMOSIS_KAFKA__BROKERS=k1:9092`.
+//! Kafka client properties take `_` for `.` in their names:
+//! `OSMOSIS_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL` sets
+//! `security.protocol`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use serde::Deserialize;
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "OSMOSIS_";
+
+/// Paths the gateway serves itself; routes may not claim them.
+const RESERVED_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// Everything the gateway needs to run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// How to reach Kafka and how to produce to it.
+    pub kafka: KafkaConfig,
+    /// Channel topics the routes write to, with how to create them.
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelConfig>,
+    /// HTTP method + path → channel.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Longest time a graceful shutdown waits for in-flight requests.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Connection to Kafka and producer behaviour.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated (`bootstrap.servers`).
+    pub brokers: String,
+    /// Longest time a request waits for the broker's acknowledgement before
+    /// the client gets 503; librdkafka's `message.timeout.ms`.
+    #[serde(default = "default_produce_timeout_ms")]
+    pub produce_timeout_ms: u64,
+    /// Longest time `/readyz` and the start-up check wait for metadata.
+    #[serde(default = "default_metadata_timeout_ms")]
+    pub metadata_timeout_ms: u64,
+    /// librdkafka client properties passed through unchanged (TLS, SASL,
+    /// batching...). They may not weaken durability: `acks` and
+    /// `enable.idempotence` are fixed by the gateway.
+    #[serde(default, deserialize_with = "flatten_properties")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// How a channel topic is created by `--create-topics`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Partition count: the most workers that can drain the channel at once.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replicas of each partition.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+}
+
+/// What a route does with the requests it accepts.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Write the request to the channel and answer 202 once Kafka acked it.
+    Publish,
+}
+
+/// Where a route takes its routing key from. Records with the same key land
+/// in the same partition, so a channel keeps their order.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeySource {
+    /// A `{param}` of the route's path pattern.
+    Path(String),
+    /// A request header (case-insensitive).
+    Header(String),
+    /// A JSON pointer (RFC 6901) into a JSON body, e.g. `/customer/id`.
+    Json(String),
+}
+
+/// One HTTP method + path pattern and the channel it feeds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Label in metrics, logs and the `osmosis-route` header; defaults to
+    /// `METHOD path`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// Path pattern; `{name}` matches one segment, `{*name}` the rest.
+    pub path: String,
+    /// Channel topic the requests are written to.
+    pub channel: String,
+    /// What the gateway answers.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// Routing key source; none lets the partitioner spread the records.
+    #[serde(default)]
+    pub key: Option<KeySource>,
+    /// Largest accepted body; larger bodies get 413 before they are buffered.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Client headers copied into the record (case-insensitive names).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+}
+
+impl RouteConfig {
+    /// The route's label: its name, or `METHOD path`.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{} {}", self.method.to_ascii_uppercase(), self.path))
+    }
+}
+
+impl KafkaConfig {
+    pub fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.produce_timeout_ms)
+    }
+
+    pub fn metadata_timeout(&self) -> Duration {
+        Duration::from_millis(self.metadata_timeout_ms)
+    }
+}
+
+impl Config {
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// A configuration that cannot be loaded or makes no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Loads the file at `path` (if any), applies `OSMOSIS_*` overrides and
+    /// validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            figment = figment.merge(Yaml::file_exact(path));
+        }
+        Self::from_figment(figment.merge(env_overrides()))
+    }
+
+    /// Parses a YAML document (no environment), for tests.
+    pub fn from_yaml(yaml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Yaml::string(yaml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must name at least one broker"));
+        }
+        if self.kafka.produce_timeout_ms == 0 {
+            return Err(invalid("kafka.produce_timeout_ms", "must be positive"));
+        }
+        for fixed in ["acks", "enable.idempotence", "bootstrap.servers"] {
+            if self.kafka.properties.contains_key(fixed) {
+                return Err(invalid(
+                    format!("kafka.properties.{fixed}"),
+                    "is set by the gateway (acks=all, idempotent producer, kafka.brokers) and cannot be overridden",
+                ));
+            }
+        }
+        for (name, channel) in &self.channels {
+            if name.is_empty() || name.len() > 249 {
+                return Err(invalid("channels", format!("{name:?} is not a topic name")));
+            }
+            if channel.partitions < 1 {
+                return Err(invalid(
+                    format!("channels.{name}.partitions"),
+                    "must be at least 1",
+                ));
+            }
+            if channel.replication_factor < 1 {
+                return Err(invalid(
+                    format!("channels.{name}.replication_factor"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let field = |name: &str| format!("routes[{i}].{name}");
+            http::Method::from_bytes(route.method.to_ascii_uppercase().as_bytes()).map_err(
+                |_| {
+                    invalid(
+                        field("method"),
+                        format!("{:?} is not an HTTP method", route.method),
+                    )
+                },
+            )?;
+            if !route.path.starts_with('/') {
+                return Err(invalid(field("path"), "must start with '/'"));
+            }
+            if RESERVED_PATHS.contains(&route.path.as_str()) || route.path.starts_with("/v1/") {
+                return Err(invalid(
+                    field("path"),
+                    format!("{} is served by the gateway itself", route.path),
+                ));
+            }
+            if !seen.insert((route.method.to_ascii_uppercase(), route.path.clone())) {
+                return Err(invalid(
+                    field("path"),
+                    format!("{} {} is routed twice", route.method, route.path),
+                ));
+            }
+            if !self.channels.contains_key(&route.channel) {
+                return Err(invalid(
+                    field("channel"),
+                    format!("channel {:?} is not declared under channels", route.channel),
+                ));
+            }
+            if route.max_body_bytes == 0 {
+                return Err(invalid(field("max_body_bytes"), "must be positive"));
+            }
+            match &route.key {
+                Some(KeySource::Path(param)) => {
+                    let one = format!("{{{param}}}");
+                    let rest = format!("{{*{param}}}");
+                    if !route.path.contains(&one) && !route.path.contains(&rest) {
+                        return Err(invalid(
+                            field("key.path"),
+                            format!("{} has no {{{param}}} parameter", route.path),
+                        ));
+                    }
+                }
+                Some(KeySource::Header(name)) => {
+                    http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        invalid(
+                            field("key.header"),
+                            format!("{name:?} is not a header name"),
+                        )
+                    })?;
+                }
+                Some(KeySource::Json(pointer)) => {
+                    if !pointer.is_empty() && !pointer.starts_with('/') {
+                        return Err(invalid(
+                            field("key.json"),
+                            "a JSON pointer is empty or starts with '/'",
+                        ));
+                    }
+                }
+                None => {}
+            }
+            for name in &route.forward_headers {
+                http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    invalid(
+                        field("forward_headers"),
+                        format!("{name:?} is not a header name"),
+                    )
+                })?;
+                if osmosis_protocol::headers::is_reserved(name)
+                    || name.eq_ignore_ascii_case(osmosis_protocol::headers::TRACEPARENT)
+                {
+                    return Err(invalid(
+                        field("forward_headers"),
+                        format!("{name} is written by the gateway and cannot be forwarded"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn env_overrides() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .ignore(&["CONFIG", "LOG_FORMAT", "LOG"])
+        .map(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            match key.strip_prefix("kafka__properties__") {
+                Some(property) => format!("kafka.properties.{}", property.replace('_', ".")).into(),
+                None => key.replace("__", ".").into(),
+            }
+        })
+}
+
+/// Accepts client properties as flat `name: value` pairs and also nested
+/// (`ssl: { ca: { location: x } }`, which is what environment overrides
+/// produce), with numbers and booleans as their text.
+fn flatten_properties<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    fn flatten(prefix: &str, value: serde_json::Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (name, value) in map {
+                    let name = if prefix.is_empty() {
+                        name
+                    } else {
+                        format!("{prefix}.{name}")
+                    };
+                    flatten(&name, value, out);
+                }
+            }
+            serde_json::Value::String(text) => {
+                out.insert(prefix.to_owned(), text);
+            }
+            other => {
+                out.insert(prefix.to_owned(), other.to_string());
+            }
+        }
+    }
+    let nested = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+    let mut out = BTreeMap::new();
+    flatten("", serde_json::Value::Object(nested), &mut out);
+    Ok(out)
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+fn default_produce_timeout_ms() -> u64 {
+    5_000
+}
+fn default_metadata_timeout_ms() -> u64 {
+    2_000
+}
+fn default_partitions() -> i32 {
+    1
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_mode() -> Mode {
+    Mode::Publish
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+kafka: { brokers: "127.0.0.1:9092" }
+channels: { orders: { partitions: 3 } }
+routes:
+  - { method: POST, path: "/orders/{id}", channel: orders, key: { path: id } }
+"#;
+
+    fn error_of(yaml: &str) -> String {
+        Config::from_yaml(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let config = Config::from_yaml(MINIMAL).unwrap();
+        assert_eq!(config.listen, default_listen());
+        let route = &config.routes[0];
+        assert_eq!(route.mode, Mode::Publish);
+        assert_eq!(route.max_body_bytes, 1024 * 1024);
+        assert_eq!(route.label(), "POST /orders/{id}");
+        assert_eq!(config.channels["orders"].partitions, 3);
+        assert_eq!(config.kafka.produce_timeout(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        let yaml = format!("{MINIMAL}\nlisten_port: 80\n");
+        assert!(
+            error_of(&yaml).contains("listen_port"),
+            "{}",
+            error_of(&yaml)
+        );
+    }
+
+    #[test]
+    fn a_route_to_an_undeclared_channel_names_the_field() {
+        let yaml = MINIMAL.replace("channel: orders", "channel: nowhere");
+        assert_eq!(
+            error_of(&yaml),
+            "routes[0].channel: channel \"nowhere\" is not declared under channels"
+        );
+    }
+
+    #[test]
+    fn a_path_key_must_name_a_path_parameter() {
+        let yaml = MINIMAL.replace("path: id }", "path: customer }");
+        assert!(error_of(&yaml).starts_with("routes[0].key.path:"));
+    }
+
+    #[test]
+    fn reserved_headers_cannot_be_forwarded() {
+        let yaml = MINIMAL.replace(
+            "key: { path: id } }",
+            "forward_headers: [Osmosis-Request-Id] }",
+        );
+        assert!(error_of(&yaml).starts_with("routes[0].forward_headers:"));
+    }
+
+    #[test]
+    fn durability_settings_cannot_be_overridden() {
+        let yaml = MINIMAL.replace(
+            "brokers: \"127.0.0.1:9092\"",
+            "brokers: \"127.0.0.1:9092\", properties: { acks: \"1\" }",
+        );
+        assert!(error_of(&yaml).starts_with("kafka.properties.acks:"));
+    }
+
+    #[test]
+    fn gateway_paths_cannot_be_routed() {
+        let yaml = MINIMAL
+            .replace("/orders/{id}", "/metrics")
+            .replace("key: { path: id }", "");
+        assert!(error_of(&yaml).starts_with("routes[0].path:"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("gateway.yaml", MINIMAL)?;
+            jail.set_env("OSMOSIS_LISTEN", "127.0.0.1:9999");
+            jail.set_env("OSMOSIS_KAFKA__BROKERS", "k1:9092,k2:9092");
+            jail.set_env("OSMOSIS_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL");
+            let config = Config::load(Some(Path::new("gateway.yaml"))).unwrap();
+            assert_eq!(config.listen.port(), 9999);
+            assert_eq!(config.kafka.brokers, "k1:9092,k2:9092");
+            assert_eq!(config.kafka.properties["security.protocol"], "SASL_SSL");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,98 @@
+//! `osmosis-gateway`: clients speak HTTP, the gateway writes every request
+//! into its route's Kafka topic (a *channel*) and answers once Kafka has
+//! durably accepted it.
+//!
+//! # Layout
+//! - [`config`]: the YAML configuration with environment overrides, validated
+//!   at start-up.
+//! - [`server`]: the HTTP router built from the routes, the handlers and the
+//!   gateway's own endpoints (`/healthz`, `/readyz`, `/metrics`).
+//! - [`channel`]: writing records into channel topics: the
+//!   [`channel::ChannelWriter`] seam and its Kafka implementation.
+//! - [`problem`]: every client-visible error as `application/problem+json`.
+//! - [`metrics`]: the Prometheus metrics.
+//!
+//! [`run`] ties them together: check the channels, serve until the shutdown
+//! future resolves, let in-flight requests finish, flush the producer.
+
+pub mod channel;
+pub mod config;
+pub mod metrics;
+pub mod problem;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::channel::{ChannelSetupError, KafkaChannels};
+use crate::config::Config;
+use crate::server::AppState;
+
+/// Why the gateway stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Channels(#[from] ChannelSetupError),
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Options of one run that are not part of the configuration file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Create missing channel topics instead of refusing to start.
+    pub create_topics: bool,
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then stops
+/// accepting, finishes in-flight requests (bounded by the configured grace
+/// period) and flushes the producer.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let channels = KafkaChannels::new(&config.kafka)?;
+    channels
+        .ensure_topics(&config.channels, options.create_topics)
+        .await?;
+
+    let retry_after =
+        Duration::from_millis(config.kafka.produce_timeout_ms).max(Duration::from_secs(1));
+    let state = AppState::new(Arc::new(channels.clone()), retry_after);
+    let shutting_down = Arc::clone(&state.shutting_down);
+    let app = server::app(&config, state);
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, routes = config.routes.len(), "listening"),
+        Err(error) => return Err(Error::Serve(error)),
+    }
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        shutting_down.store(true, Ordering::Relaxed);
+        let _ = stopping_tx.send(());
+    };
+    let grace = config.shutdown_grace();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let drain_deadline = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serve => served.map_err(Error::Serve)?,
+        () = drain_deadline => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
+    }
+    channels.flush(grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! The `osmosis-gateway` binary: configuration, logging, signals.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use osmosis_gateway::config::Config;
+use osmosis_gateway::{RunOptions, run};
+use tracing_subscriber::EnvFilter;
+
+/// HTTP → Kafka gateway: every request becomes a record in its channel topic.
+#[derive(Parser, Debug)]
+#[command(version, after_help = ENV_HELP)]
+struct Args {
+    /// YAML configuration file.
+    #[arg(long, short, env = "OSMOSIS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Create missing channel topics (with their configured partitions)
+    /// instead of refusing to start.
+    #[arg(long)]
+    create_topics: bool,
+    /// Log format.
+    #[arg(long, env = "OSMOSIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+const ENV_HELP: &str = "\
+Every setting of the configuration file can be overridden from the environment
+with the prefix OSMOSIS_ and `__` between nested keys, for example:
+  OSMOSIS_LISTEN=0.0.0.0:8080
+  OSMOSIS_SHUTDOWN_GRACE_MS=10000
+  OSMOSIS_KAFKA__BROKERS=kafka-0:9092,kafka-1:9092
+  OSMOSIS_KAFKA__PRODUCE_TIMEOUT_MS=5000
+  OSMOSIS_KAFKA__METADATA_TIMEOUT_MS=2000
+  OSMOSIS_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL   (sets security.protocol)
+  OSMOSIS_CHANNELS__ORDERS__PARTITIONS=12
+Log verbosity: RUST_LOG (default info).";
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate.recv() => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let options = RunOptions {
+        create_topics: args.create_topics,
+    };
+    run(config, listener, options, shutdown_signal()).await?;
+    Ok(())
+}

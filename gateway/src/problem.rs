@@ -1,0 +1,84 @@
+//! Every error a client can see, as an RFC 9457 `application/problem+json`
+//! response with the status that tells the client what to do next.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde::Serialize;
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("no route matches {0}")]
+    NotFound(String),
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("the body exceeds the route's limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the body could not be read: {0}")]
+    BodyUnreadable(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// The JSON body of a problem response.
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    r#type: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl Problem {
+    fn status(&self) -> StatusCode {
+        match self {
+            Problem::NotFound(_) => StatusCode::NOT_FOUND,
+            Problem::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Problem::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::BodyUnreadable(_) | Problem::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Problem::Unavailable { .. } | Problem::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for 503s.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Problem::Unavailable { retry_after, .. } => Some(*retry_after),
+            Problem::ShuttingDown => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ProblemBody {
+            r#type: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        };
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(wait) = self.retry_after() {
+            let secs = wait.as_secs().max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

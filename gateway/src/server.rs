@@ -1,0 +1,414 @@
+//! The HTTP side: the router built from the configured routes, the publish
+//! handler, the gateway's own endpoints and the request metrics middleware.
+//!
+//! It owns turning an HTTP request into a [`ChannelRecord`] (body limits,
+//! routing keys, header allow-list, trace context) and turning the outcome
+//! into a response. It does not talk to Kafka itself: that is the
+//! [`ChannelWriter`]'s job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, get};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use osmosis_protocol::{RequestEnvelope, RequestId, headers as contract};
+use serde::Serialize;
+
+use crate::channel::{ChannelRecord, ChannelWriter, WriteError};
+use crate::config::{Config, KeySource, Mode, RouteConfig};
+use crate::metrics::{ChannelLabels, Metrics, RequestLabels, RouteLabels};
+use crate::problem::Problem;
+
+/// Response header carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "osmosis-request-id";
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Where accepted requests go.
+    pub writer: Arc<dyn ChannelWriter>,
+    /// Counters and histograms served at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Set when shutdown begins: new requests get 503 instead of being
+    /// accepted by a process that is about to exit.
+    pub shutting_down: Arc<AtomicBool>,
+    /// How long a 503 tells clients to wait when Kafka cannot take a write.
+    pub retry_after: Duration,
+}
+
+impl AppState {
+    pub fn new(writer: Arc<dyn ChannelWriter>, retry_after: Duration) -> Self {
+        Self {
+            writer,
+            metrics: Arc::new(Metrics::default()),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+            retry_after,
+        }
+    }
+}
+
+/// A configured route, prepared for the request path.
+struct Route {
+    label: String,
+    channel: String,
+    mode: Mode,
+    key: Option<KeySource>,
+    max_body_bytes: usize,
+    forward_headers: Vec<HeaderName>,
+}
+
+impl From<&RouteConfig> for Route {
+    fn from(config: &RouteConfig) -> Self {
+        Self {
+            label: config.label(),
+            channel: config.channel.clone(),
+            mode: config.mode,
+            key: match &config.key {
+                Some(KeySource::Header(name)) => Some(KeySource::Header(name.to_ascii_lowercase())),
+                other => other.clone(),
+            },
+            max_body_bytes: config.max_body_bytes,
+            forward_headers: config
+                .forward_headers
+                .iter()
+                .map(|name| {
+                    HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                        .expect("validated with the configuration")
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The whole HTTP application: configured routes plus `/healthz`, `/readyz`
+/// and `/metrics`, with problem+json for unknown paths and methods.
+pub fn app(config: &Config, state: AppState) -> Router {
+    // Routes sharing a path pattern share one MethodRouter, so that a wrong
+    // method on a known path is a 405 rather than a 404.
+    let mut by_path: BTreeMap<&str, MethodRouter<AppState>> = BTreeMap::new();
+    for route_config in &config.routes {
+        let route = Arc::new(Route::from(route_config));
+        let method = Method::from_bytes(route_config.method.to_ascii_uppercase().as_bytes())
+            .expect("validated with the configuration");
+        let filter = MethodFilter::try_from(method).expect("standard HTTP method");
+        let handler = move |state: State<AppState>,
+                            params: Option<Path<HashMap<String, String>>>,
+                            method: Method,
+                            uri: Uri,
+                            headers: HeaderMap,
+                            body: Body| {
+            let route = Arc::clone(&route);
+            async move {
+                let params = params.map(|Path(p)| p).unwrap_or_default();
+                accept(state, route, params, method, uri, headers, body).await
+            }
+        };
+        let entry = by_path
+            .remove(route_config.path.as_str())
+            .unwrap_or_default();
+        by_path.insert(&route_config.path, entry.on(filter, handler));
+    }
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    for (path, method_router) in by_path {
+        router = router.route(path, method_router);
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), track_request))
+        .with_state(state)
+}
+
+/// The 202 body of an accepted publish.
+#[derive(Serialize)]
+struct Accepted<'a> {
+    id: String,
+    channel: &'a str,
+    partition: i32,
+    offset: i64,
+}
+
+async fn accept(
+    State(state): State<AppState>,
+    route: Arc<Route>,
+    params: HashMap<String, String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return Err(Problem::ShuttingDown);
+    }
+    let body = read_body(&headers, body, route.max_body_bytes).await?;
+    let key = routing_key(&route, &params, &headers, &body)?;
+    let id = RequestId::new();
+    let envelope = RequestEnvelope {
+        id,
+        route: route.label.clone(),
+        method: method.as_str().to_owned(),
+        path: uri.path().to_owned(),
+        query: uri.query().map(str::to_owned),
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        traceparent: continue_trace(headers.get(contract::TRACEPARENT)),
+        forwarded: forwarded_headers(&route.forward_headers, &headers),
+    };
+    let record = ChannelRecord {
+        channel: route.channel.clone(),
+        key,
+        body,
+        envelope,
+    };
+    match route.mode {
+        Mode::Publish => publish(&state, &route, id, record).await,
+    }
+}
+
+async fn publish(
+    state: &AppState,
+    route: &Route,
+    id: RequestId,
+    record: ChannelRecord,
+) -> Result<Response, Problem> {
+    let started = Instant::now();
+    let outcome = state.writer.write(record).await;
+    state
+        .metrics
+        .produce_duration
+        .get_or_create(&ChannelLabels {
+            channel: route.channel.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    let stored = outcome.map_err(|error| {
+        tracing::warn!(request_id = %id, channel = %route.channel, %error, "write not acknowledged");
+        match error {
+            WriteError::TooLarge => Problem::BodyTooLarge {
+                limit: route.max_body_bytes,
+            },
+            WriteError::QueueFull | WriteError::NotAcknowledged(_) => Problem::Unavailable {
+                reason: format!("channel {} cannot take the request now: {error}", route.channel),
+                retry_after: state.retry_after,
+            },
+        }
+    })?;
+    let body = Accepted {
+        id: id.to_string(),
+        channel: &route.channel,
+        partition: stored.partition,
+        offset: stored.offset,
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    response.headers_mut().insert(
+        REQUEST_ID_HEADER,
+        HeaderValue::from_str(&id.to_string()).expect("a UUID is a valid header value"),
+    );
+    Ok(response)
+}
+
+/// Reads the body up to `limit` bytes. A declared `Content-Length` over the
+/// limit is refused before reading; a chunked body is cut off as soon as it
+/// passes the limit, so an oversized upload is never buffered whole.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Problem> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(Problem::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(Problem::BodyTooLarge { limit }),
+        Err(error) => Err(Problem::BodyUnreadable(error.to_string())),
+    }
+}
+
+fn routing_key(
+    route: &Route,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Option<Vec<u8>>, Problem> {
+    match &route.key {
+        None => Ok(None),
+        Some(KeySource::Path(param)) => Ok(params.get(param).map(|v| v.as_bytes().to_vec())),
+        Some(KeySource::Header(name)) => headers
+            .get(name.as_str())
+            .map(|v| Some(v.as_bytes().to_vec()))
+            .ok_or_else(|| {
+                Problem::BadRequest(format!("the routing key header {name} is missing"))
+            }),
+        Some(KeySource::Json(pointer)) => {
+            let document: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
+                Problem::BadRequest(format!(
+                    "the body must be JSON to take the routing key from {pointer}: {error}"
+                ))
+            })?;
+            match document.pointer(pointer) {
+                Some(serde_json::Value::String(text)) => Ok(Some(text.as_bytes().to_vec())),
+                Some(serde_json::Value::Null) | None => Err(Problem::BadRequest(format!(
+                    "the routing key {pointer} is missing from the JSON body"
+                ))),
+                Some(other) => Ok(Some(other.to_string().into_bytes())),
+            }
+        }
+    }
+}
+
+fn forwarded_headers(allowed: &[HeaderName], headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    allowed
+        .iter()
+        .flat_map(|name| {
+            headers
+                .get_all(name)
+                .iter()
+                .map(move |value| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        })
+        .collect()
+}
+
+/// Continues the client's W3C trace with a new span id for the gateway's
+/// hop, or starts a new trace when the client sent none (or an invalid one).
+fn continue_trace(incoming: Option<&HeaderValue>) -> String {
+    let span_id = hex(&rand::random::<[u8; 8]>());
+    if let Some((trace_id, flags)) = incoming
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_traceparent)
+    {
+        return format!("00-{trace_id}-{span_id}-{flags}");
+    }
+    let trace_id = hex(&rand::random::<[u8; 16]>());
+    format!("00-{trace_id}-{span_id}-01")
+}
+
+/// `(trace id, flags)` of a valid version-00 `traceparent`.
+fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let is_hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let all_zero = |s: &str| s.bytes().all(|b| b == b'0');
+    (parts.next().is_none()
+        && version == "00"
+        && is_hex(trace_id, 32)
+        && !all_zero(trace_id)
+        && is_hex(parent_id, 16)
+        && !all_zero(parent_id)
+        && is_hex(flags, 2))
+    .then_some((trace_id, flags))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Response, Problem> {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return Err(Problem::ShuttingDown);
+    }
+    match state.writer.ready().await {
+        Ok(()) => Ok(Json(serde_json::json!({ "status": "ready" })).into_response()),
+        Err(reason) => Err(Problem::Unavailable {
+            reason: format!("Kafka is not reachable: {reason}"),
+            retry_after: state.retry_after,
+        }),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state
+        .metrics
+        .producer_queue_depth
+        .set(state.writer.queue_depth() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn not_found(uri: Uri) -> Problem {
+    Problem::NotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
+    Problem::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+/// Counts every request by route pattern, method and status, and times it.
+async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let in_flight = InFlight::enter(&state.metrics);
+    let response = next.run(request).await;
+    drop(in_flight);
+    let status = response.status().as_u16();
+    tracing::debug!(%route, %method, status, "request served");
+    state
+        .metrics
+        .request_duration
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status,
+        })
+        .inc();
+    response
+}
+
+/// Counts a request as in flight for as long as it lives, including when the
+/// client disconnects and the request future is dropped half-way.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}

@@ -1,0 +1,180 @@
+//! The request envelope: a request's metadata as Kafka header pairs.
+
+use std::borrow::Cow;
+
+use crate::headers;
+use crate::{ParseRequestIdError, RequestId};
+
+/// Metadata of one client request, carried in the headers of its record.
+///
+/// The body and the routing key are the record's value and key; they are not
+/// part of the envelope, so that neither is copied to build it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestEnvelope {
+    /// Correlates the record with the client's request, its reply and logs.
+    pub id: RequestId,
+    /// Name of the route that accepted the request, so a worker serving
+    /// several routes on one channel can tell them apart.
+    pub route: String,
+    /// HTTP method, upper case as sent.
+    pub method: String,
+    /// Request path without the query string.
+    pub path: String,
+    /// Raw query string without the `?`; `None` when the URL had none.
+    pub query: Option<String>,
+    /// The body's media type as the client declared it.
+    pub content_type: Option<String>,
+    /// W3C `traceparent` continuing the client's trace (or a fresh one).
+    pub traceparent: String,
+    /// Allow-listed client headers, lower-case names, values as sent.
+    pub forwarded: Vec<(String, Vec<u8>)>,
+}
+
+/// Headers that do not form a valid request envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("required header {0} is missing")]
+    Missing(&'static str),
+    #[error("header {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error(transparent)]
+    RequestId(#[from] ParseRequestIdError),
+}
+
+impl RequestEnvelope {
+    /// The envelope as `(name, value)` header pairs, gateway headers first.
+    pub fn to_headers(&self) -> Vec<(&str, Cow<'_, [u8]>)> {
+        let mut out = Vec::with_capacity(7 + self.forwarded.len());
+        fn borrowed(text: &str) -> Cow<'_, [u8]> {
+            Cow::Borrowed(text.as_bytes())
+        }
+        out.push((
+            headers::REQUEST_ID,
+            Cow::Owned(self.id.to_string().into_bytes()),
+        ));
+        out.push((headers::ROUTE, borrowed(&self.route)));
+        out.push((headers::METHOD, borrowed(&self.method)));
+        out.push((headers::PATH, borrowed(&self.path)));
+        if let Some(query) = &self.query {
+            out.push((headers::QUERY, borrowed(query)));
+        }
+        if let Some(content_type) = &self.content_type {
+            out.push((headers::CONTENT_TYPE, borrowed(content_type)));
+        }
+        out.push((headers::TRACEPARENT, borrowed(&self.traceparent)));
+        for (name, value) in &self.forwarded {
+            out.push((name.as_str(), Cow::Borrowed(value.as_slice())));
+        }
+        out
+    }
+
+    /// Reads an envelope back from a record's headers. Unknown `osmosis-*`
+    /// headers are ignored, so newer gateways can add headers without
+    /// breaking older workers.
+    pub fn from_headers<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    ) -> Result<Self, DecodeError> {
+        let mut id = None;
+        let mut route = None;
+        let mut method = None;
+        let mut path = None;
+        let mut query = None;
+        let mut content_type = None;
+        let mut traceparent = None;
+        let mut forwarded = Vec::new();
+        for (name, value) in pairs {
+            let value = value.unwrap_or_default();
+            let text = |header: &'static str| {
+                std::str::from_utf8(value)
+                    .map(str::to_owned)
+                    .map_err(|_| DecodeError::NotUtf8(header))
+            };
+            match name {
+                headers::REQUEST_ID => id = Some(text(headers::REQUEST_ID)?.parse()?),
+                headers::ROUTE => route = Some(text(headers::ROUTE)?),
+                headers::METHOD => method = Some(text(headers::METHOD)?),
+                headers::PATH => path = Some(text(headers::PATH)?),
+                headers::QUERY => query = Some(text(headers::QUERY)?),
+                headers::CONTENT_TYPE => content_type = Some(text(headers::CONTENT_TYPE)?),
+                headers::TRACEPARENT => traceparent = Some(text(headers::TRACEPARENT)?),
+                other if headers::is_reserved(other) => {}
+                other => forwarded.push((other.to_owned(), value.to_vec())),
+            }
+        }
+        Ok(Self {
+            id: id.ok_or(DecodeError::Missing(headers::REQUEST_ID))?,
+            route: route.ok_or(DecodeError::Missing(headers::ROUTE))?,
+            method: method.ok_or(DecodeError::Missing(headers::METHOD))?,
+            path: path.ok_or(DecodeError::Missing(headers::PATH))?,
+            query,
+            content_type,
+            traceparent: traceparent.ok_or(DecodeError::Missing(headers::TRACEPARENT))?,
+            forwarded,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RequestEnvelope {
+        RequestEnvelope {
+            id: RequestId::new(),
+            route: "orders".into(),
+            method: "POST".into(),
+            path: "/orders/42".into(),
+            query: Some("dry_run=1".into()),
+            content_type: Some("application/json".into()),
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            forwarded: vec![("x-tenant".into(), b"acme".to_vec())],
+        }
+    }
+
+    fn decode(pairs: &[(&str, Cow<'_, [u8]>)]) -> Result<RequestEnvelope, DecodeError> {
+        RequestEnvelope::from_headers(pairs.iter().map(|(n, v)| (*n, Some(v.as_ref()))))
+    }
+
+    #[test]
+    fn an_envelope_round_trips_through_headers() {
+        let envelope = sample();
+        assert_eq!(decode(&envelope.to_headers()).unwrap(), envelope);
+    }
+
+    #[test]
+    fn absent_optional_fields_write_no_header() {
+        let envelope = RequestEnvelope {
+            query: None,
+            content_type: None,
+            forwarded: vec![],
+            ..sample()
+        };
+        let pairs = envelope.to_headers();
+        let names: Vec<&str> = pairs.iter().map(|(n, _)| *n).collect();
+        assert!(!names.contains(&headers::QUERY));
+        assert!(!names.contains(&headers::CONTENT_TYPE));
+        assert_eq!(decode(&pairs).unwrap(), envelope);
+    }
+
+    #[test]
+    fn a_missing_request_id_is_an_error() {
+        let envelope = sample();
+        let pairs: Vec<_> = envelope
+            .to_headers()
+            .into_iter()
+            .filter(|(n, _)| *n != headers::REQUEST_ID)
+            .collect();
+        assert!(matches!(
+            decode(&pairs),
+            Err(DecodeError::Missing(headers::REQUEST_ID))
+        ));
+    }
+
+    #[test]
+    fn unknown_gateway_headers_are_ignored_not_forwarded() {
+        let envelope = sample();
+        let mut pairs = envelope.to_headers();
+        pairs.push(("osmosis-from-the-future", Cow::Borrowed(b"1")));
+        assert_eq!(decode(&pairs).unwrap(), envelope);
+    }
+}

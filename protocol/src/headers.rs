@@ -1,0 +1,53 @@
+//! Kafka header names of the wire contract.
+//!
+//! The gateway's own headers all begin with [`PREFIX`]. Clients can never set
+//! them: HTTP headers whose name begins with the prefix are stripped on
+//! ingress ([`is_reserved`]), so a worker can trust every `osmosis-*` header
+//! it reads.
+
+/// Prefix of every header the gateway owns.
+pub const PREFIX: &str = "osmosis-";
+
+/// Time-ordered id of the request (see [`crate::RequestId`]).
+pub const REQUEST_ID: &str = "osmosis-request-id";
+/// HTTP method of the client's request, e.g. `POST`.
+pub const METHOD: &str = "osmosis-method";
+/// Path of the client's request, without the query string.
+pub const PATH: &str = "osmosis-path";
+/// Raw query string of the client's request, without the `?`; absent when empty.
+pub const QUERY: &str = "osmosis-query";
+/// `Content-Type` of the client's body; absent when the client sent none.
+pub const CONTENT_TYPE: &str = "osmosis-content-type";
+/// Name of the gateway route that accepted the request.
+pub const ROUTE: &str = "osmosis-route";
+/// W3C trace context. It keeps its standard name so that tracing
+/// instrumentation for Kafka picks it up without knowing Osmosis.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Whether a client-supplied header name is reserved for the gateway and must
+/// be stripped on ingress. Header names are case-insensitive.
+pub fn is_reserved(name: &str) -> bool {
+    name.len() >= PREFIX.len() && name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_are_matched_case_insensitively() {
+        assert!(is_reserved("osmosis-request-id"));
+        assert!(is_reserved("Osmosis-Request-Id"));
+        assert!(is_reserved("OSMOSIS-anything"));
+        assert!(!is_reserved("osmosis"));
+        assert!(!is_reserved("x-osmosis-id"));
+        assert!(!is_reserved("traceparent"));
+    }
+
+    #[test]
+    fn every_gateway_header_is_reserved() {
+        for name in [REQUEST_ID, METHOD, PATH, QUERY, CONTENT_TYPE, ROUTE] {
+            assert!(is_reserved(name), "{name} must carry the osmosis- prefix");
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The wire contract between the Osmosis gateway and its workers.
+//!
+//! A client's HTTP request travels through Kafka as a *request record* in its
+//! route's channel topic: the record value is the body exactly as received,
+//! the record key is the route's routing key (or none), and the request's
+//! metadata rides in Kafka headers. This crate owns those header names, the
+//! request id format and the encoding of the metadata to and from headers.
+//!
+//! # Layout
+//! - [`headers`]: every Kafka header name the gateway writes; all of them
+//!   begin with [`headers::PREFIX`], except W3C [`headers::TRACEPARENT`].
+//! - [`RequestId`]: time-ordered request ids (UUIDv7).
+//! - [`RequestEnvelope`]: the request metadata, encoded as header pairs and
+//!   decoded back from them.
+//!
+//! It performs no I/O and knows nothing of HTTP servers or Kafka clients, so
+//! the gateway, the worker SDK and tests in any crate share one definition.
+
+pub mod headers;
+
+mod envelope;
+mod request_id;
+
+pub use envelope::{DecodeError, RequestEnvelope};
+pub use request_id::{ParseRequestIdError, RequestId};

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Provision and run a real single-node Apache Kafka (KRaft, broker+controller) on loopback.
+#
+#   scripts/kafka.sh fetch    download the broker jars with Maven into the cache (once per version)
+#   scripts/kafka.sh up       fetch, format storage, start, wait until metadata answers (idempotent)
+#   scripts/kafka.sh down     stop the broker by its pid (idempotent)
+#   scripts/kafka.sh status   exit 0 when the broker is running
+#   scripts/kafka.sh logs     print the broker's log
+#
+# Environment:
+#   KAFKA_VERSION     broker version from Maven Central        (default 4.1.1)
+#   KAFKA_PORT        PLAINTEXT listener on 127.0.0.1          (default 9092)
+#   KAFKA_CTRL_PORT   CONTROLLER listener on 127.0.0.1         (default KAFKA_PORT+1000)
+#   KAFKA_STATE_DIR   data, pid and logs of this instance      (default ~/.cache/osmosis/run/kafka-$KAFKA_PORT)
+#   OSMOSIS_CACHE     dependency cache                          (default ~/.cache/osmosis)
+set -euo pipefail
+
+KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
+LOG4J_VERSION=${LOG4J_VERSION:-2.25.3}
+SLF4J_VERSION=${SLF4J_VERSION:-2.0.17}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CTRL_PORT=${KAFKA_CTRL_PORT:-$((KAFKA_PORT + 1000))}
+OSMOSIS_CACHE=${OSMOSIS_CACHE:-$HOME/.cache/osmosis}
+LIBS_DIR="$OSMOSIS_CACHE/kafka/$KAFKA_VERSION-log4j$LOG4J_VERSION/libs"
+STATE_DIR=${KAFKA_STATE_DIR:-$OSMOSIS_CACHE/run/kafka-$KAFKA_PORT}
+PID_FILE="$STATE_DIR/kafka.pid"
+LOG_FILE="$STATE_DIR/logs/server.log"
+START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
+
+log() { echo "kafka.sh: $*" >&2; }
+
+fetch() {
+  if [ -f "$LIBS_DIR/.complete" ]; then
+    return 0
+  fi
+  command -v mvn >/dev/null || { log "Maven (mvn) is required to fetch Kafka"; exit 1; }
+  command -v java >/dev/null || { log "Java 17+ is required to run Kafka"; exit 1; }
+  log "fetching Apache Kafka $KAFKA_VERSION and its runtime dependencies into $LIBS_DIR"
+  local work
+  work=$(mktemp -d)
+  cat >"$work/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dev.osmosis</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <!-- Transitive dependencies pin slf4j-api 1.7, which cannot see the slf4j2 backend: pin 2.x. -->
+    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>$SLF4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+  rm -rf "$LIBS_DIR"
+  mkdir -p "$LIBS_DIR"
+  if ! (cd "$work" && mvn -B -q -Dstyle.color=never dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$LIBS_DIR"); then
+    rm -rf "$work"
+    log "fetching Kafka $KAFKA_VERSION with Maven failed (see above)"
+    exit 1
+  fi
+  rm -rf "$work"
+  touch "$LIBS_DIR/.complete"
+}
+
+pid_alive() {
+  [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+write_config() {
+  mkdir -p "$STATE_DIR/logs"
+  cat >"$STATE_DIR/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CTRL_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTRL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$STATE_DIR/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+PROPS
+  cat >"$STATE_DIR/log4j2.properties" <<LOG4J
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $LOG_FILE
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = info
+logger.state.name = state.change.logger
+logger.state.level = warn
+LOG4J
+}
+
+java_cmd() {
+  java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$STATE_DIR/log4j2.properties" \
+    -cp "$LIBS_DIR/*" "$@"
+}
+
+up() {
+  fetch
+  if pid_alive; then
+    log "already running (pid $(cat "$PID_FILE")) on 127.0.0.1:$KAFKA_PORT"
+    return 0
+  fi
+  if port_open "$KAFKA_PORT"; then
+    log "port $KAFKA_PORT is taken by another process; set KAFKA_PORT"
+    exit 1
+  fi
+  write_config
+  if [ ! -f "$STATE_DIR/data/meta.properties" ]; then
+    java_cmd kafka.tools.StorageTool format -t "$(java_cmd kafka.tools.StorageTool random-uuid)" \
+      -c "$STATE_DIR/server.properties" >"$STATE_DIR/logs/format.log" 2>&1 ||
+      { log "formatting storage failed:"; cat "$STATE_DIR/logs/format.log" >&2; exit 1; }
+  fi
+  log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (state in $STATE_DIR)"
+  nohup java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$STATE_DIR/log4j2.properties" \
+    -cp "$LIBS_DIR/*" kafka.Kafka "$STATE_DIR/server.properties" \
+    >"$STATE_DIR/logs/stdout.log" 2>&1 </dev/null &
+  echo $! >"$PID_FILE"
+  wait_ready
+}
+
+wait_ready() {
+  local deadline=$((SECONDS + START_TIMEOUT))
+  while [ $SECONDS -lt $deadline ]; do
+    if ! pid_alive; then
+      log "broker exited during start-up; its logs follow"
+      logs >&2
+      rm -f "$PID_FILE"
+      exit 1
+    fi
+    # The broker logs this line once it serves metadata on its listeners.
+    if port_open "$KAFKA_PORT" && grep -q "Kafka Server started" "$LOG_FILE" 2>/dev/null; then
+      log "ready on 127.0.0.1:$KAFKA_PORT"
+      return 0
+    fi
+    sleep 0.2
+  done
+  log "broker not ready after ${START_TIMEOUT}s; its logs follow"
+  logs >&2
+  down
+  exit 1
+}
+
+down() {
+  if ! pid_alive; then
+    rm -f "$PID_FILE"
+    return 0
+  fi
+  local pid
+  pid=$(cat "$PID_FILE")
+  log "stopping broker (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "broker did not stop within 30s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PID_FILE"
+}
+
+logs() {
+  for f in "$STATE_DIR/logs/stdout.log" "$LOG_FILE"; do
+    [ -f "$f" ] && { echo "==> $f <=="; tail -n 200 "$f"; }
+  done
+  return 0
+}
+
+case "${1:-}" in
+  fetch) fetch ;;
+  up) up ;;
+  down) down ;;
+  status) pid_alive ;;
+  logs) logs ;;
+  *) echo "usage: $0 fetch|up|down|status|logs" >&2; exit 2 ;;
+esac
