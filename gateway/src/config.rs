@@ -304,8 +304,16 @@ impl Config {
 }
 
 fn env_overrides() -> Env {
+    // Only variables that name a setting: other OSMOSIS_* variables (the
+    // binary's own flags, test harness settings) are not configuration.
+    const SETTINGS: &[&str] = &["listen", "shutdown_grace_ms", "kafka__", "channels__"];
     Env::prefixed(ENV_PREFIX)
-        .ignore(&["CONFIG", "LOG_FORMAT", "LOG"])
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            SETTINGS.iter().any(|setting| {
+                key == *setting || (setting.ends_with("__") && key.starts_with(setting))
+            })
+        })
         .map(|key| {
             let key = key.as_str().to_ascii_lowercase();
             match key.strip_prefix("kafka__properties__") {
@@ -458,6 +466,7 @@ routes:
             jail.set_env("OSMOSIS_LISTEN", "127.0.0.1:9999");
             jail.set_env("OSMOSIS_KAFKA__BROKERS", "k1:9092,k2:9092");
             jail.set_env("OSMOSIS_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL");
+            jail.set_env("OSMOSIS_SOMETHING_ELSE", "not a setting");
             let config = Config::load(Some(Path::new("gateway.yaml"))).unwrap();
             assert_eq!(config.listen.port(), 9999);
             assert_eq!(config.kafka.brokers, "k1:9092,k2:9092");

@@ -1,1 +1,36 @@
-//! stub
+//! Harness for the end-to-end tests: real Osmosis binaries against a real
+//! Kafka broker.
+//!
+//! # Layout
+//! - [`kafka`]: the shared test broker (from `OSMOSIS_TEST_KAFKA`), fresh
+//!   topics per test, reading records back, and a [`kafka::DedicatedKafka`]
+//!   that a test may stop and restart.
+//! - [`process`]: the gateway binary as a child process whose logs are kept
+//!   and printed when a test fails.
+//!
+//! Nothing here skips: when Kafka or a binary is missing, the test fails with
+//! a message that says how to provide it.
+
+pub mod kafka;
+pub mod process;
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,254 @@
+//! The real Kafka broker the tests run against.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Environment variable naming the test broker's bootstrap address.
+pub const BROKER_ENV: &str = "OSMOSIS_TEST_KAFKA";
+
+/// Bootstrap address of the shared test broker. Panics with instructions
+/// when it is not reachable: tests never skip for lack of Kafka.
+pub fn bootstrap() -> &'static str {
+    static CHECKED: OnceLock<String> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let brokers = std::env::var(BROKER_ENV).unwrap_or_else(|_| "127.0.0.1:9092".into());
+        if let Err(error) = metadata_reachable(&brokers, Duration::from_secs(10)) {
+            panic!(
+                "Kafka is not reachable at {brokers} ({error}). These tests need a real broker: \
+                 run `make test`, which starts one, or start it with `scripts/kafka.sh up` \
+                 and set {BROKER_ENV}."
+            );
+        }
+        brokers
+    })
+}
+
+fn metadata_reachable(brokers: &str, timeout: Duration) -> Result<(), String> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| e.to_string())?;
+    producer
+        .client()
+        .fetch_metadata(None, timeout)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// A topic name no other test (or earlier run) uses.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates a fresh topic with `partitions` partitions on `brokers` and waits
+/// until its metadata is visible.
+pub async fn create_topic_on(brokers: &str, prefix: &str, partitions: i32) -> String {
+    let name = unique_name(prefix);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .expect("create_topics request");
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("creating topic {topic}: {code}"));
+    }
+    name
+}
+
+/// Creates a fresh topic on the shared test broker.
+pub async fn create_topic(prefix: &str, partitions: i32) -> String {
+    create_topic_on(bootstrap(), prefix, partitions).await
+}
+
+/// A record as read back from Kafka.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The value of the first header called `name`, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| std::str::from_utf8(v).expect("UTF-8 header"))
+    }
+
+    fn from_message(message: &OwnedMessage) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
+}
+
+/// Reads `count` records of `topic` from the beginning of every partition
+/// on `brokers`; panics if they do not all arrive within `timeout`.
+pub fn read_records_from(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique_name("osmosis-test-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics()[0].partitions() {
+        assignment
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::with_capacity(count);
+    while records.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {count} records from {topic} within {timeout:?}",
+            records.len()
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => records.push(Record::from_message(&message.detach())),
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// Reads `count` records of `topic` from the shared test broker.
+pub fn read_records(topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
+    read_records_from(bootstrap(), topic, count, timeout)
+}
+
+/// End offsets (high watermarks) of every partition of `topic`.
+pub fn high_watermarks(brokers: &str, topic: &str) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            (p.id(), high)
+        })
+        .collect()
+}
+
+/// A broker of a test's own, started with the project's script on its own
+/// port and state directory, which the test may stop and start again.
+pub struct DedicatedKafka {
+    port: u16,
+    controller_port: u16,
+    state_dir: tempfile::TempDir,
+}
+
+impl DedicatedKafka {
+    /// Starts a fresh broker on a free loopback port.
+    pub fn start() -> Self {
+        let port = free_port();
+        let kafka = Self {
+            port,
+            controller_port: free_port(),
+            state_dir: tempfile::tempdir().expect("temp dir"),
+        };
+        kafka.up();
+        kafka
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub fn up(&self) {
+        self.script("up");
+    }
+
+    /// Stops the broker (SIGTERM, then waits for the process to exit).
+    pub fn down(&self) {
+        self.script("down");
+    }
+
+    fn script(&self, verb: &str) {
+        let status = Command::new(script_path())
+            .arg(verb)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CTRL_PORT", self.controller_port.to_string())
+            .env("KAFKA_STATE_DIR", self.state_dir.path())
+            .status()
+            .expect("running scripts/kafka.sh");
+        assert!(status.success(), "scripts/kafka.sh {verb} failed: {status}");
+    }
+}
+
+impl Drop for DedicatedKafka {
+    fn drop(&mut self) {
+        let _ = Command::new(script_path())
+            .arg("down")
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_STATE_DIR", self.state_dir.path())
+            .status();
+    }
+}
+
+fn script_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh")
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}

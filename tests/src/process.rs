@@ -1,0 +1,215 @@
+//! Osmosis binaries as child processes of a test.
+//!
+//! Each process logs JSON lines to stdout; the harness keeps them, finds the
+//! bound address in the `listening` line, and prints the whole log when the
+//! owning test panics, so a failure shows what the process saw.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Path of a binary built by this workspace (`cargo build --bins`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// Log lines of a child process, shared with the thread that reads them.
+#[derive(Default)]
+struct LogBook {
+    lines: Mutex<Vec<String>>,
+    /// Output streams still open; 0 once the process closed both.
+    open_streams: std::sync::atomic::AtomicUsize,
+    changed: Condvar,
+}
+
+/// A running Osmosis binary. Killed when dropped; its log is printed when
+/// the test is panicking.
+pub struct Service {
+    name: String,
+    child: Child,
+    log: Arc<LogBook>,
+    _config: Option<tempfile::NamedTempFile>,
+}
+
+impl Service {
+    /// Starts `binary` with a YAML config file holding `config` and `args`.
+    pub fn start(binary_name: &str, config: &str, args: &[&str], env: &[(&str, String)]) -> Self {
+        let mut file = tempfile::Builder::new()
+            .suffix(".yaml")
+            .tempfile()
+            .expect("config file");
+        file.write_all(config.as_bytes()).expect("writing config");
+        let mut command = Command::new(binary(binary_name));
+        command
+            .arg("--config")
+            .arg(file.path())
+            .arg("--log-format")
+            .arg("json")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary_name}: {e}"));
+        let log = Arc::new(LogBook {
+            open_streams: 2.into(),
+            ..LogBook::default()
+        });
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut lines = log.lines.lock().unwrap_or_else(|p| p.into_inner());
+                    lines.push(line);
+                    drop(lines);
+                    log.changed.notify_all();
+                }
+                let _lines = log.lines.lock().unwrap_or_else(|p| p.into_inner());
+                log.open_streams
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                log.changed.notify_all();
+            });
+        }
+        Self {
+            name: binary_name.to_owned(),
+            child,
+            log,
+            _config: Some(file),
+        }
+    }
+
+    /// Waits for a JSON log line whose `message` is `message`; returns it.
+    pub fn wait_for_log(&self, message: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        let mut lines = self.log.lines.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            for line in &lines[seen..] {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(line)
+                    && value["message"] == message
+                {
+                    return value;
+                }
+            }
+            seen = lines.len();
+            let now = Instant::now();
+            if now >= deadline {
+                drop(lines);
+                panic!("{} did not log {message:?} within {timeout:?}", self.name);
+            }
+            if self
+                .log
+                .open_streams
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                drop(lines);
+                panic!("{} exited before logging {message:?}", self.name);
+            }
+            lines = match self.log.changed.wait_timeout(lines, deadline - now) {
+                Ok((lines, _)) => lines,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// Waits for the `listening` log line and returns the bound address.
+    pub fn wait_listening(&self) -> SocketAddr {
+        let line = self.wait_for_log("listening", Duration::from_secs(60));
+        line["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("listening line without addr: {line}"))
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("sending a signal");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for child") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process logged so far.
+    pub fn log_text(&self) -> String {
+        let lines = self.log.lines.lock();
+        lines
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .join("\n")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}\n----", self.name, self.log_text());
+        }
+    }
+}
+
+/// A running `osmosis-gateway`.
+pub struct Gateway {
+    pub service: Service,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts the gateway with `config` and waits until it listens.
+    pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// Starts the gateway with extra command-line arguments.
+    pub fn start_with(config: &str, args: &[&str]) -> Self {
+        let service = Service::start("osmosis-gateway", config, args, &[]);
+        let addr = service.wait_listening();
+        Self { service, addr }
+    }
+
+    /// `http://addr` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
