@@ -272,15 +272,15 @@ impl Config {
                         )
                     })?;
                 }
-                Some(KeySource::Json(pointer)) => {
-                    if !pointer.is_empty() && !pointer.starts_with('/') {
-                        return Err(invalid(
-                            field("key.json"),
-                            "a JSON pointer is empty or starts with '/'",
-                        ));
-                    }
+                Some(KeySource::Json(pointer))
+                    if !pointer.is_empty() && !pointer.starts_with('/') =>
+                {
+                    return Err(invalid(
+                        field("key.json"),
+                        "a JSON pointer is empty or starts with '/'",
+                    ));
                 }
-                None => {}
+                Some(KeySource::Json(_)) | None => {}
             }
             for name in &route.forward_headers {
                 http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -460,6 +460,7 @@ routes:
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gateway.yaml", MINIMAL)?;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The demo, in the foreground: Kafka on 127.0.0.1:9092 and the gateway on
+# 127.0.0.1:8080 with config/demo.yaml. Ctrl-C stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export KAFKA_PORT=9092
+started_kafka=false
+gateway_pid=
+
+cleanup() {
+  trap - EXIT INT TERM
+  if [ -n "$gateway_pid" ] && kill -0 "$gateway_pid" 2>/dev/null; then
+    kill -TERM "$gateway_pid" 2>/dev/null || true
+    wait "$gateway_pid" 2>/dev/null || true
+  fi
+  if $started_kafka; then
+    scripts/kafka.sh down
+  fi
+  echo "demo: stopped"
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+echo "demo: building the gateway"
+cargo build --bin osmosis-gateway
+
+if ! scripts/kafka.sh status; then
+  scripts/kafka.sh up
+  started_kafka=true
+fi
+
+target/debug/osmosis-gateway --config config/demo.yaml --create-topics &
+gateway_pid=$!
+
+deadline=$((SECONDS + 60))
+until curl -fsS -o /dev/null http://127.0.0.1:8080/readyz 2>/dev/null; do
+  kill -0 "$gateway_pid" 2>/dev/null || { echo "demo: the gateway exited" >&2; exit 1; }
+  [ $SECONDS -lt $deadline ] || { echo "demo: the gateway is not ready after 60s" >&2; exit 1; }
+  sleep 0.2
+done
+
+cat <<'MSG'
+
+  Osmosis is running: gateway on http://127.0.0.1:8080, Kafka on 127.0.0.1:9092.
+  Try, in another terminal:
+
+    curl -i -X POST http://127.0.0.1:8080/demo/events -H 'content-type: application/json' -d '{"hello":"osmosis"}'
+    curl -i -X POST http://127.0.0.1:8080/demo/devices/sensor-7/events -d 'temperature=21.5'
+    curl -s http://127.0.0.1:8080/metrics | grep osmosis_gateway_requests_total
+
+  Ctrl-C stops the gateway and the Kafka broker the demo started.
+
+MSG
+wait "$gateway_pid"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole suite: formatting, lints, unit tests and end-to-end tests against
+# a real Kafka broker that this script starts on a free loopback port and
+# stops on exit, whatever the outcome.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+KAFKA_PORT=$(free_port)
+KAFKA_CTRL_PORT=$(free_port)
+KAFKA_STATE_DIR=$(mktemp -d -t osmosis-test-kafka.XXXXXX)
+export KAFKA_PORT KAFKA_CTRL_PORT KAFKA_STATE_DIR
+
+cleanup() {
+  local status=$?
+  if [ $status -ne 0 ] && [ -d "$KAFKA_STATE_DIR/logs" ]; then
+    echo "test.sh: failed (exit $status); the broker's log follows" >&2
+    tail -n 50 "$KAFKA_STATE_DIR/logs/server.log" >&2 2>/dev/null || true
+  fi
+  scripts/kafka.sh down || true
+  rm -rf "$KAFKA_STATE_DIR"
+  exit $status
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "==> lint"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> build"
+cargo build --workspace --bins --locked
+
+echo "==> Kafka"
+scripts/kafka.sh up
+
+echo "==> tests"
+OSMOSIS_TEST_KAFKA="127.0.0.1:$KAFKA_PORT" RUST_BACKTRACE=0 cargo test --workspace --locked
