@@ -14,21 +14,23 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Path of a binary built by this workspace (`cargo build --bins`).
+/// Path of a binary built by this workspace in the caller's profile
+/// (`cargo build --bins`): beside the calling executable, or one level up
+/// when the caller is a test in `target/<profile>/deps`.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
-    let path = profile_dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --workspace --bins` first (`make test` does)",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [dir.join(name), dir.parent().unwrap_or(dir).join(name)];
+    candidates
+        .iter()
+        .find(|path| path.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not built next to {}: run `cargo build --workspace --bins` first (`make test` does)",
+                exe.display()
+            )
+        })
 }
 
 /// Log lines of a child process, shared with the thread that reads them.

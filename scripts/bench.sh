@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Benchmarks (release build) against a local Kafka on a free port, started
+# and stopped here. Extra arguments go to `osmosis-bench ingest`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+KAFKA_PORT=$(free_port)
+KAFKA_CTRL_PORT=$(free_port)
+KAFKA_STATE_DIR=$(mktemp -d -t osmosis-bench-kafka.XXXXXX)
+export KAFKA_PORT KAFKA_CTRL_PORT KAFKA_STATE_DIR
+cleanup() {
+  scripts/kafka.sh down || true
+  rm -rf "$KAFKA_STATE_DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cargo build --release --workspace --bins
+scripts/kafka.sh up
+target/release/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT" "$@"
