@@ -202,12 +202,13 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let raw_op = {
         let (producer, topic, body) = (producer.clone(), topic.clone(), body.clone());
         move || {
-            let delivery =
-                producer.send_result(FutureRecord::<(), _>::to(&topic).payload(&body[..]));
+            let delivery = producer
+                .send_result(FutureRecord::<(), _>::to(&topic).payload(&body[..]))
+                .ok();
             async move {
                 match delivery {
-                    Ok(delivery) => matches!(delivery.await, Ok(Ok(_))),
-                    Err(_) => false,
+                    Some(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                    None => false,
                 }
             }
         }
