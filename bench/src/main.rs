@@ -108,10 +108,7 @@ where
         worker.await.expect("worker panicked");
     }
     let elapsed = started.elapsed();
-    let latency = Arc::try_unwrap(latency)
-        .ok()
-        .expect("workers done")
-        .into_inner();
+    let latency = latency.lock().await.clone();
     Sample {
         records: latency.len(),
         errors: errors.load(Ordering::Relaxed),
@@ -150,11 +147,7 @@ where
         task.await.expect("request task panicked");
     }
     let elapsed = started.elapsed();
-    let latency = Arc::try_unwrap(latency)
-        .ok()
-        .expect("tasks done")
-        .into_inner()
-        .unwrap();
+    let latency = latency.lock().unwrap().clone();
     Sample {
         records: latency.len(),
         errors: errors.load(Ordering::Relaxed),
