@@ -155,7 +155,7 @@ async fn accept(
     }
     let body = read_body(&headers, body, route.max_body_bytes).await?;
     let key = routing_key(&route, &params, &headers, &body)?;
-    let id = RequestId::new();
+    let id = RequestId::new(None);
     let envelope = RequestEnvelope {
         id,
         route: route.label.clone(),
@@ -168,6 +168,8 @@ async fn accept(
             .map(str::to_owned),
         traceparent: continue_trace(headers.get(contract::TRACEPARENT)),
         forwarded: forwarded_headers(&route.forward_headers, &headers),
+        reply_to: None,
+        deadline_ms: None,
     };
     let record = ChannelRecord {
         channel: route.channel.clone(),

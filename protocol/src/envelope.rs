@@ -28,6 +28,18 @@ pub struct RequestEnvelope {
     pub traceparent: String,
     /// Allow-listed client headers, lower-case names, values as sent.
     pub forwarded: Vec<(String, Vec<u8>)>,
+    /// Where the reply goes; `None` when the request expects no reply.
+    pub reply_to: Option<ReplyAddress>,
+    /// Unix time in milliseconds after which the request must not be
+    /// processed any more.
+    pub deadline_ms: Option<u64>,
+}
+
+/// A reply topic and partition: where a worker sends a request's reply.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ReplyAddress {
+    pub topic: String,
+    pub partition: i32,
 }
 
 /// Headers that do not form a valid request envelope.
@@ -37,6 +49,10 @@ pub enum DecodeError {
     Missing(&'static str),
     #[error("header {0} is not UTF-8")]
     NotUtf8(&'static str),
+    #[error("header {0} is not a number")]
+    NotANumber(&'static str),
+    #[error("header {0} has an unknown value")]
+    UnknownValue(&'static str),
     #[error(transparent)]
     RequestId(#[from] ParseRequestIdError),
 }
@@ -62,6 +78,19 @@ impl RequestEnvelope {
             out.push((headers::CONTENT_TYPE, borrowed(content_type)));
         }
         out.push((headers::TRACEPARENT, borrowed(&self.traceparent)));
+        if let Some(reply_to) = &self.reply_to {
+            out.push((headers::REPLY_TOPIC, borrowed(&reply_to.topic)));
+            out.push((
+                headers::REPLY_PARTITION,
+                Cow::Owned(reply_to.partition.to_string().into_bytes()),
+            ));
+        }
+        if let Some(deadline) = self.deadline_ms {
+            out.push((
+                headers::DEADLINE,
+                Cow::Owned(deadline.to_string().into_bytes()),
+            ));
+        }
         for (name, value) in &self.forwarded {
             out.push((name.as_str(), Cow::Borrowed(value.as_slice())));
         }
@@ -81,6 +110,9 @@ impl RequestEnvelope {
         let mut query = None;
         let mut content_type = None;
         let mut traceparent = None;
+        let mut reply_topic = None;
+        let mut reply_partition = None;
+        let mut deadline_ms = None;
         let mut forwarded = Vec::new();
         for (name, value) in pairs {
             let value = value.unwrap_or_default();
@@ -97,6 +129,11 @@ impl RequestEnvelope {
                 headers::QUERY => query = Some(text(headers::QUERY)?),
                 headers::CONTENT_TYPE => content_type = Some(text(headers::CONTENT_TYPE)?),
                 headers::TRACEPARENT => traceparent = Some(text(headers::TRACEPARENT)?),
+                headers::REPLY_TOPIC => reply_topic = Some(text(headers::REPLY_TOPIC)?),
+                headers::REPLY_PARTITION => {
+                    reply_partition = Some(number(value, headers::REPLY_PARTITION)?)
+                }
+                headers::DEADLINE => deadline_ms = Some(number(value, headers::DEADLINE)?),
                 other if headers::is_reserved(other) => {}
                 other => forwarded.push((other.to_owned(), value.to_vec())),
             }
@@ -110,8 +147,26 @@ impl RequestEnvelope {
             content_type,
             traceparent: traceparent.ok_or(DecodeError::Missing(headers::TRACEPARENT))?,
             forwarded,
+            reply_to: match (reply_topic, reply_partition) {
+                (Some(topic), Some(partition)) => Some(ReplyAddress { topic, partition }),
+                (None, None) => None,
+                (Some(_), None) => return Err(DecodeError::Missing(headers::REPLY_PARTITION)),
+                (None, Some(_)) => return Err(DecodeError::Missing(headers::REPLY_TOPIC)),
+            },
+            deadline_ms,
         })
     }
+}
+
+/// Parses a decimal header value.
+pub(crate) fn number<T: std::str::FromStr>(
+    value: &[u8],
+    header: &'static str,
+) -> Result<T, DecodeError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or(DecodeError::NotANumber(header))
 }
 
 #[cfg(test)]
@@ -120,7 +175,7 @@ mod tests {
 
     fn sample() -> RequestEnvelope {
         RequestEnvelope {
-            id: RequestId::new(),
+            id: RequestId::new(Some(2)),
             route: "orders".into(),
             method: "POST".into(),
             path: "/orders/42".into(),
@@ -128,6 +183,11 @@ mod tests {
             content_type: Some("application/json".into()),
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             forwarded: vec![("x-tenant".into(), b"acme".to_vec())],
+            reply_to: Some(ReplyAddress {
+                topic: "osmosis.replies".into(),
+                partition: 2,
+            }),
+            deadline_ms: Some(1_790_000_000_000),
         }
     }
 
@@ -147,12 +207,16 @@ mod tests {
             query: None,
             content_type: None,
             forwarded: vec![],
+            reply_to: None,
+            deadline_ms: None,
             ..sample()
         };
         let pairs = envelope.to_headers();
         let names: Vec<&str> = pairs.iter().map(|(n, _)| *n).collect();
         assert!(!names.contains(&headers::QUERY));
         assert!(!names.contains(&headers::CONTENT_TYPE));
+        assert!(!names.contains(&headers::REPLY_TOPIC));
+        assert!(!names.contains(&headers::DEADLINE));
         assert_eq!(decode(&pairs).unwrap(), envelope);
     }
 

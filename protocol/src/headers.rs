@@ -20,6 +20,25 @@ pub const QUERY: &str = "osmosis-query";
 pub const CONTENT_TYPE: &str = "osmosis-content-type";
 /// Name of the gateway route that accepted the request.
 pub const ROUTE: &str = "osmosis-route";
+/// Topic a reply goes to; absent when the request expects no reply.
+pub const REPLY_TOPIC: &str = "osmosis-reply-topic";
+/// Partition of [`REPLY_TOPIC`] a reply goes to (decimal).
+pub const REPLY_PARTITION: &str = "osmosis-reply-partition";
+/// Unix time in milliseconds after which the request must not be processed.
+pub const DEADLINE: &str = "osmosis-deadline";
+
+/// Reply records: what the event is, see [`crate::EventKind`].
+pub const EVENT: &str = "osmosis-event";
+/// Reply records: the HTTP status of the reply (decimal).
+pub const STATUS: &str = "osmosis-status";
+
+/// Dead-letter records: why the request failed.
+pub const ERROR: &str = "osmosis-error";
+/// Dead-letter records: how many times the handler ran.
+pub const ATTEMPTS: &str = "osmosis-attempts";
+/// Dead-letter records: where the request was read from (`topic/partition/offset`).
+pub const SOURCE: &str = "osmosis-source";
+
 /// W3C trace context. It keeps its standard name so that tracing
 /// instrumentation for Kafka picks it up without knowing Osmosis.
 pub const TRACEPARENT: &str = "traceparent";
@@ -46,7 +65,22 @@ mod tests {
 
     #[test]
     fn every_gateway_header_is_reserved() {
-        for name in [REQUEST_ID, METHOD, PATH, QUERY, CONTENT_TYPE, ROUTE] {
+        for name in [
+            REQUEST_ID,
+            METHOD,
+            PATH,
+            QUERY,
+            CONTENT_TYPE,
+            ROUTE,
+            REPLY_TOPIC,
+            REPLY_PARTITION,
+            DEADLINE,
+            EVENT,
+            STATUS,
+            ERROR,
+            ATTEMPTS,
+            SOURCE,
+        ] {
             assert!(is_reserved(name), "{name} must carry the osmosis- prefix");
         }
     }

@@ -10,8 +10,10 @@
 //! - [`headers`]: every Kafka header name the gateway writes; all of them
 //!   begin with [`headers::PREFIX`], except W3C [`headers::TRACEPARENT`].
 //! - [`RequestId`]: time-ordered request ids (UUIDv7).
-//! - [`RequestEnvelope`]: the request metadata, encoded as header pairs and
-//!   decoded back from them.
+//! - [`RequestEnvelope`]: the request metadata (with its [`ReplyAddress`]
+//!   and deadline), encoded as header pairs and decoded back from them.
+//! - [`ReplyEnvelope`]: the metadata of a reply record: `accepted`,
+//!   `progress` and `final` events on the request's reply partition.
 //!
 //! It performs no I/O and knows nothing of HTTP servers or Kafka clients, so
 //! the gateway, the worker SDK and tests in any crate share one definition.
@@ -19,7 +21,9 @@
 pub mod headers;
 
 mod envelope;
+mod reply;
 mod request_id;
 
-pub use envelope::{DecodeError, RequestEnvelope};
-pub use request_id::{ParseRequestIdError, RequestId};
+pub use envelope::{DecodeError, ReplyAddress, RequestEnvelope};
+pub use reply::{EventKind, ReplyEnvelope};
+pub use request_id::{MAX_REPLY_PARTITION, ParseRequestIdError, RequestId};

@@ -1,0 +1,121 @@
+//! Worker settings: command-line flags, each with an `OSMOSIS_WORKER_*`
+//! environment variable, so a worker binary configures the same way in a
+//! terminal and in a Deployment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Everything the runtime needs; `#[command(flatten)]` it into a binary's
+/// own arguments.
+#[derive(Args, Clone, Debug)]
+pub struct WorkerConfig {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "OSMOSIS_WORKER_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Channel topic to pull requests from.
+    #[arg(long, env = "OSMOSIS_WORKER_CHANNEL")]
+    pub channel: String,
+    /// Consumer group; every replica of one worker shares it.
+    /// Default: `<channel>.workers`.
+    #[arg(long, env = "OSMOSIS_WORKER_GROUP")]
+    pub group: Option<String>,
+    /// Handlers running at once, across partitions (order is kept per partition).
+    #[arg(long, env = "OSMOSIS_WORKER_MAX_IN_FLIGHT", default_value_t = 16)]
+    pub max_in_flight: usize,
+    /// Retries of a failing handler before the request is dead-lettered.
+    #[arg(long, env = "OSMOSIS_WORKER_MAX_RETRIES", default_value_t = 3)]
+    pub max_retries: u32,
+    /// First retry delay; doubles on every retry, up to 30 s.
+    #[arg(long, env = "OSMOSIS_WORKER_RETRY_BACKOFF_MS", default_value_t = 200)]
+    pub retry_backoff_ms: u64,
+    /// On SIGTERM, how long in-flight handlers may take to finish.
+    #[arg(
+        long,
+        env = "OSMOSIS_WORKER_DRAIN_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub drain_timeout_ms: u64,
+    /// Address of the `/metrics` and `/healthz` endpoint (port 0: any free port).
+    #[arg(
+        long,
+        env = "OSMOSIS_WORKER_METRICS_LISTEN",
+        default_value = "127.0.0.1:0"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// Extra librdkafka property for both the consumer and the producer,
+    /// `name=value` (repeatable; e.g. `security.protocol=SASL_SSL`).
+    #[arg(long = "kafka-property", env = "OSMOSIS_WORKER_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| format!("{text:?} is not name=value"))
+}
+
+impl WorkerConfig {
+    /// A configuration with defaults for `channel` on `brokers`, for tests
+    /// and embedding.
+    pub fn new(brokers: impl Into<String>, channel: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            channel: channel.into(),
+            group: None,
+            max_in_flight: 16,
+            max_retries: 3,
+            retry_backoff_ms: 200,
+            drain_timeout_ms: 30_000,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kafka_properties: Vec::new(),
+        }
+    }
+
+    pub fn group(&self) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("{}.workers", self.channel))
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// Delay before retry number `retry` (1-based): exponential, capped.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 2u64.saturating_pow(retry.saturating_sub(1));
+        Duration::from_millis(self.retry_backoff_ms.saturating_mul(factor))
+            .min(Duration::from_secs(30))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let config = WorkerConfig::new("b", "c");
+        assert_eq!(config.backoff(1), Duration::from_millis(200));
+        assert_eq!(config.backoff(2), Duration::from_millis(400));
+        assert_eq!(config.backoff(3), Duration::from_millis(800));
+        assert_eq!(config.backoff(40), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_group_defaults_to_the_channel() {
+        assert_eq!(WorkerConfig::new("b", "orders").group(), "orders.workers");
+    }
+
+    #[test]
+    fn properties_are_name_value_pairs() {
+        assert_eq!(
+            parse_property("session.timeout.ms = 6000").unwrap(),
+            ("session.timeout.ms".into(), "6000".into())
+        );
+        assert!(parse_property("nonsense").is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! `osmosis-worker`: the worker SDK and runtime. A worker *pulls* requests
+//! from its channel when it has capacity, runs your handler and sends the
+//! reply back through Kafka to the gateway that is holding the client.
+//!
+//! You write one async handler from [`Request`] to [`Reply`] (or a
+//! [`HandlerError`]); [`run`] does the rest:
+//! - one consumer group per channel, cooperative-sticky assignment;
+//! - at least once: an offset is committed only after the reply (or the
+//!   dead-letter record) for it was acknowledged by Kafka;
+//! - order kept per partition, partitions processed in parallel (bounded by
+//!   `max_in_flight`);
+//! - expired deadlines are not processed (the client gets a 504);
+//! - failing handlers are retried with exponential backoff, then the request
+//!   goes to `<channel>.dlq` and the client gets an error reply;
+//! - the shutdown future (SIGTERM/SIGINT in [`shutdown_signal`]) drains:
+//!   no new messages, in-flight ones finish within the drain timeout,
+//!   offsets are committed and the consumer leaves the group at once;
+//! - `/metrics` and `/healthz` on `metrics_listen`.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use clap::Parser;
+//! use osmosis_worker::{HandlerError, Reply, Request, WorkerConfig};
+//!
+//! #[derive(Parser)]
+//! struct Args {
+//!     #[command(flatten)]
+//!     worker: WorkerConfig,
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     let args = Args::parse();
+//!     osmosis_worker::init_logging(false);
+//!     let shout = |request: Request| async move {
+//!         let text = std::str::from_utf8(&request.body)
+//!             .map_err(|_| HandlerError::permanent("not UTF-8").with_status(400))?;
+//!         Ok(Reply::ok(text.to_uppercase()).with_content_type("text/plain"))
+//!     };
+//!     osmosis_worker::run(args.worker, shout, osmosis_worker::shutdown_signal()).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Layout
+//! - [`handler`]: the types a handler sees and returns.
+//! - [`config`]: the runtime's settings as flags and environment variables.
+//! - `runtime`: consuming, dispatching per partition, retries, draining.
+//! - `replies`: producing replies, progress events and dead letters.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` server.
+
+pub mod config;
+pub mod handler;
+pub mod metrics;
+
+mod replies;
+mod runtime;
+
+pub use config::WorkerConfig;
+pub use handler::{Handler, HandlerError, Reply, Request};
+pub use runtime::{Error, run};
+
+/// Logs to stdout as text, or as JSON lines with `json`; `RUST_LOG` filters.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT: the runtime's usual shutdown future.
+pub async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate.recv() => {},
+    }
+}

@@ -1,0 +1,142 @@
+//! The worker's Prometheus metrics (prefix `osmosis_worker_`) and the small
+//! HTTP server for `/metrics` and `/healthz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// How the runtime finished with a message.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // label values are Prometheus-style snake case
+pub enum Outcome {
+    /// The handler replied (or succeeded, for requests without a reply).
+    replied,
+    /// The handler failed every attempt; the request went to the DLQ.
+    dead_lettered,
+    /// The deadline had passed: not processed.
+    expired,
+    /// Not a valid Osmosis request record: dead-lettered without running.
+    malformed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub partition: i64,
+}
+
+/// Every metric the worker exports.
+pub struct Metrics {
+    registry: Registry,
+    pub messages: Family<OutcomeLabels, Counter>,
+    pub handler_duration: Histogram,
+    pub in_flight: Gauge,
+    pub retries: Counter,
+    pub redeliveries: Counter,
+    pub partition_lag: Family<PartitionLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("osmosis_worker");
+        let messages = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Messages finished, by outcome (replied, dead_lettered, expired, malformed)",
+            messages.clone(),
+        );
+        let handler_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "handler_duration_seconds",
+            "Time one handler attempt took",
+            handler_duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("in_flight", "Messages being processed", in_flight.clone());
+        let retries = Counter::default();
+        registry.register(
+            "retries",
+            "Handler attempts retried after an error",
+            retries.clone(),
+        );
+        let redeliveries = Counter::default();
+        registry.register(
+            "redeliveries",
+            "Messages seen again by this process (a rebalance or a failed commit)",
+            redeliveries.clone(),
+        );
+        let partition_lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "partition_lag",
+            "Messages behind the end of each assigned partition, as the consumer sees it",
+            partition_lag.clone(),
+        );
+        Self {
+            registry,
+            messages,
+            handler_duration,
+            in_flight,
+            retries,
+            redeliveries,
+            partition_lag,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count(&self, outcome: Outcome) {
+        self.messages
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the process ends.
+pub(crate) async fn serve(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(metrics);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::warn!(%error, "metrics server stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
