@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use osmosis_protocol::RequestEnvelope;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -21,17 +20,37 @@ use rdkafka::util::Timeout;
 
 use crate::config::{ChannelConfig, KafkaConfig};
 
-/// A request on its way into a channel.
+/// A record on its way into Kafka: a request into its channel, or an event
+/// onto a reply partition.
 #[derive(Debug)]
 pub struct ChannelRecord {
-    /// Topic of the channel.
-    pub channel: String,
+    /// Destination topic.
+    pub topic: String,
+    /// Destination partition; `None` lets the key (or the partitioner) decide.
+    pub partition: Option<i32>,
     /// Routing key; `None` lets the partitioner spread records.
     pub key: Option<Vec<u8>>,
-    /// The request body, byte for byte.
-    pub body: Bytes,
-    /// Request metadata, written as record headers.
-    pub envelope: RequestEnvelope,
+    /// The record value: a request body byte for byte.
+    pub value: Bytes,
+    /// Record headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ChannelRecord {
+    /// Headers as `(name, value)` pairs, e.g. for the protocol's decoders.
+    pub fn header_pairs(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), Some(value.as_slice())))
+    }
+}
+
+/// Converts a protocol header list into a record's headers.
+pub fn owned_headers(pairs: Vec<(&str, std::borrow::Cow<'_, [u8]>)>) -> Vec<(String, Vec<u8>)> {
+    pairs
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.into_owned()))
+        .collect()
 }
 
 /// Where Kafka stored a record once it acknowledged it.
@@ -247,18 +266,23 @@ fn topic_has_partitions(
 
 impl ChannelWriter for KafkaChannels {
     fn write(&self, record: ChannelRecord) -> BoxFuture<'static, Result<Stored, WriteError>> {
-        let mut headers = OwnedHeaders::new();
-        for (name, value) in record.envelope.to_headers() {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_ref()),
+        let headers = record
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |headers, (name, value)| {
+                headers.insert(Header {
+                    key: name,
+                    value: Some(value.as_slice()),
+                })
             });
-        }
-        let mut kafka_record = FutureRecord::to(&record.channel)
-            .payload(record.body.as_ref())
+        let mut kafka_record = FutureRecord::to(&record.topic)
+            .payload(record.value.as_ref())
             .headers(headers);
         if let Some(key) = &record.key {
             kafka_record = kafka_record.key(key.as_slice());
+        }
+        if let Some(partition) = record.partition {
+            kafka_record = kafka_record.partition(partition);
         }
         // librdkafka copies the record into its queue here, so nothing above
         // needs to outlive this call; only the acknowledgement is awaited.

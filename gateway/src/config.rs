@@ -37,6 +37,9 @@ pub struct Config {
     /// HTTP method + path → channel.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Where workers send replies, and which part of them this instance owns.
+    #[serde(default)]
+    pub replies: RepliesConfig,
     /// Longest time a graceful shutdown waits for in-flight requests.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -74,12 +77,86 @@ pub struct ChannelConfig {
     pub replication_factor: i32,
 }
 
+/// The reply topic and this instance's share of it.
+///
+/// Each gateway instance consumes its own reply partitions, so a reply goes
+/// straight to the instance holding the client: partition `p` belongs to the
+/// instance with `p % instances == instance`. Alone, an instance owns all.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepliesConfig {
+    /// Topic every worker replies to.
+    #[serde(default = "default_replies_topic")]
+    pub topic: String,
+    /// Partition count, used by `--create-topics`: at least the number of
+    /// gateway instances.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// This instance's ordinal, from 0 (e.g. a StatefulSet pod's ordinal).
+    #[serde(default)]
+    pub instance: u32,
+    /// How many gateway instances share the reply topic.
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// Recent final replies kept in memory for `GET /v1/requests/{id}`.
+    #[serde(default)]
+    pub cache: ReplyCacheConfig,
+    /// Most reply records one Kafka lookup reads before giving up.
+    #[serde(default = "default_lookup_max_records")]
+    pub lookup_max_records: u64,
+}
+
+impl Default for RepliesConfig {
+    fn default() -> Self {
+        Self {
+            topic: default_replies_topic(),
+            partitions: default_partitions(),
+            instance: 0,
+            instances: default_instances(),
+            cache: ReplyCacheConfig::default(),
+            lookup_max_records: default_lookup_max_records(),
+        }
+    }
+}
+
+impl RepliesConfig {
+    /// Whether this instance consumes `partition`.
+    pub fn owns(&self, partition: i32) -> bool {
+        partition >= 0 && (partition as u32) % self.instances == self.instance
+    }
+}
+
+/// Bounds of the recent-replies cache: entries, bytes and age.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyCacheConfig {
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u64,
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_cache_ttl_secs")]
+    pub ttl_secs: u64,
+}
+
+impl Default for ReplyCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: default_cache_entries(),
+            max_bytes: default_cache_bytes(),
+            ttl_secs: default_cache_ttl_secs(),
+        }
+    }
+}
+
 /// What a route does with the requests it accepts.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Write the request to the channel and answer 202 once Kafka acked it.
     Publish,
+    /// Write the request with a reply address and answer with the worker's
+    /// reply, or 202 + `Location` when it takes longer than the wait.
+    Request,
 }
 
 /// Where a route takes its routing key from. Records with the same key land
@@ -121,6 +198,17 @@ pub struct RouteConfig {
     /// Client headers copied into the record (case-insensitive names).
     #[serde(default)]
     pub forward_headers: Vec<String>,
+    /// Request mode: how long the client waits for the reply before it gets
+    /// 202 + `Location` (a `Prefer: wait=N` header can ask for another wait).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Request mode: the longest wait a `Prefer: wait=N` may ask for.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Time after acceptance when the request is no longer worth
+    /// processing; workers skip it after that. None: no deadline.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 impl RouteConfig {
@@ -145,6 +233,27 @@ impl KafkaConfig {
 impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// Whether any route waits for replies.
+    pub fn has_request_routes(&self) -> bool {
+        self.routes.iter().any(|route| route.mode == Mode::Request)
+    }
+
+    /// Every topic the gateway needs: the channels, and the reply topic when
+    /// a route waits for replies.
+    pub fn topics(&self) -> BTreeMap<String, ChannelConfig> {
+        let mut topics = self.channels.clone();
+        if self.has_request_routes() {
+            topics.insert(
+                self.replies.topic.clone(),
+                ChannelConfig {
+                    partitions: self.replies.partitions,
+                    replication_factor: default_replication_factor(),
+                },
+            );
+        }
+        topics
     }
 }
 
@@ -218,6 +327,40 @@ impl Config {
                 ));
             }
         }
+        let replies = &self.replies;
+        if replies.topic.is_empty() {
+            return Err(invalid("replies.topic", "must not be empty"));
+        }
+        if replies.instances == 0 || replies.instance >= replies.instances {
+            return Err(invalid(
+                "replies.instance",
+                format!(
+                    "must be below replies.instances ({}), counting from 0",
+                    replies.instances
+                ),
+            ));
+        }
+        if replies.partitions < replies.instances as i32 {
+            return Err(invalid(
+                "replies.partitions",
+                "must be at least replies.instances: every instance needs a reply partition",
+            ));
+        }
+        if replies.partitions > osmosis_protocol::MAX_REPLY_PARTITION + 1 {
+            return Err(invalid(
+                "replies.partitions",
+                format!(
+                    "at most {} (request ids name their reply partition in 12 bits)",
+                    osmosis_protocol::MAX_REPLY_PARTITION + 1
+                ),
+            ));
+        }
+        if replies.cache.max_entries == 0 || replies.cache.max_bytes == 0 {
+            return Err(invalid(
+                "replies.cache",
+                "max_entries and max_bytes must be positive",
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let field = |name: &str| format!("routes[{i}].{name}");
@@ -248,6 +391,12 @@ impl Config {
                 return Err(invalid(
                     field("channel"),
                     format!("channel {:?} is not declared under channels", route.channel),
+                ));
+            }
+            if route.mode == Mode::Request && route.timeout_ms > route.max_wait_ms {
+                return Err(invalid(
+                    field("timeout_ms"),
+                    format!("must not exceed max_wait_ms ({})", route.max_wait_ms),
                 ));
             }
             if route.max_body_bytes == 0 {
@@ -306,7 +455,13 @@ impl Config {
 fn env_overrides() -> Env {
     // Only variables that name a setting: other OSMOSIS_* variables (the
     // binary's own flags, test harness settings) are not configuration.
-    const SETTINGS: &[&str] = &["listen", "shutdown_grace_ms", "kafka__", "channels__"];
+    const SETTINGS: &[&str] = &[
+        "listen",
+        "shutdown_grace_ms",
+        "kafka__",
+        "channels__",
+        "replies__",
+    ];
     Env::prefixed(ENV_PREFIX)
         .filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
@@ -380,6 +535,30 @@ fn default_mode() -> Mode {
 fn default_max_body_bytes() -> usize {
     1024 * 1024
 }
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_wait_ms() -> u64 {
+    60_000
+}
+fn default_replies_topic() -> String {
+    "osmosis.replies".into()
+}
+fn default_instances() -> u32 {
+    1
+}
+fn default_lookup_max_records() -> u64 {
+    100_000
+}
+fn default_cache_entries() -> u64 {
+    10_000
+}
+fn default_cache_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_cache_ttl_secs() -> u64 {
+    600
+}
 
 #[cfg(test)]
 mod tests {
@@ -449,6 +628,31 @@ routes:
             "brokers: \"127.0.0.1:9092\", properties: { acks: \"1\" }",
         );
         assert!(error_of(&yaml).starts_with("kafka.properties.acks:"));
+    }
+
+    #[test]
+    fn instances_share_the_reply_partitions() {
+        let yaml = format!("{MINIMAL}\nreplies: {{ partitions: 6, instance: 1, instances: 3 }}\n");
+        let config = Config::from_yaml(&yaml).unwrap();
+        let owned: Vec<i32> = (0..6).filter(|p| config.replies.owns(*p)).collect();
+        assert_eq!(owned, vec![1, 4]);
+    }
+
+    #[test]
+    fn an_instance_needs_a_reply_partition_of_its_own() {
+        let yaml = format!("{MINIMAL}\nreplies: {{ partitions: 2, instance: 0, instances: 3 }}\n");
+        assert!(error_of(&yaml).starts_with("replies.partitions:"));
+        let yaml = format!("{MINIMAL}\nreplies: {{ partitions: 4, instance: 3, instances: 3 }}\n");
+        assert!(error_of(&yaml).starts_with("replies.instance:"));
+    }
+
+    #[test]
+    fn the_reply_topic_is_needed_only_by_request_routes() {
+        let config = Config::from_yaml(MINIMAL).unwrap();
+        assert!(!config.topics().contains_key("osmosis.replies"));
+        let yaml = MINIMAL.replace("key: { path: id } }", "key: { path: id }, mode: request }");
+        let config = Config::from_yaml(&yaml).unwrap();
+        assert_eq!(config.topics()["osmosis.replies"].partitions, 1);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   gateway's own endpoints (`/healthz`, `/readyz`, `/metrics`).
 //! - [`channel`]: writing records into channel topics: the
 //!   [`channel::ChannelWriter`] seam and its Kafka implementation.
+//! - [`replies`]: replies coming back: waiting requests, this instance's
+//!   reply consumer, the recent-replies cache and lookups through Kafka.
 //! - [`problem`]: every client-visible error as `application/problem+json`.
 //! - [`metrics`]: the Prometheus metrics.
 //!
@@ -19,6 +21,7 @@ pub mod channel;
 pub mod config;
 pub mod metrics;
 pub mod problem;
+pub mod replies;
 pub mod server;
 
 use std::future::Future;
@@ -30,6 +33,7 @@ use tokio::net::TcpListener;
 
 use crate::channel::{ChannelSetupError, KafkaChannels};
 use crate::config::Config;
+use crate::replies::{RepliesError, ReplyHub};
 use crate::server::AppState;
 
 /// Why the gateway stopped with an error.
@@ -37,6 +41,8 @@ use crate::server::AppState;
 pub enum Error {
     #[error(transparent)]
     Channels(#[from] ChannelSetupError),
+    #[error(transparent)]
+    Replies(#[from] RepliesError),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -59,12 +65,18 @@ pub async fn run(
 ) -> Result<(), Error> {
     let channels = KafkaChannels::new(&config.kafka)?;
     channels
-        .ensure_topics(&config.channels, options.create_topics)
+        .ensure_topics(&config.topics(), options.create_topics)
         .await?;
+    let replies = if config.has_request_routes() {
+        Some(ReplyHub::start(&config.kafka, &config.replies).await?)
+    } else {
+        None
+    };
 
     let retry_after =
         Duration::from_millis(config.kafka.produce_timeout_ms).max(Duration::from_secs(1));
-    let state = AppState::new(Arc::new(channels.clone()), retry_after);
+    let mut state = AppState::new(Arc::new(channels.clone()), retry_after);
+    state.replies = replies;
     let shutting_down = Arc::clone(&state.shutting_down);
     let app = server::app(&config, state);
     match listener.local_addr() {

@@ -13,6 +13,8 @@ use serde::Serialize;
 pub enum Problem {
     #[error("no route matches {0}")]
     NotFound(String),
+    #[error("request {0} is unknown or its reply has expired")]
+    UnknownRequest(String),
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
     #[error("the body exceeds the route's limit of {limit} bytes")]
@@ -42,7 +44,7 @@ struct ProblemBody<'a> {
 impl Problem {
     fn status(&self) -> StatusCode {
         match self {
-            Problem::NotFound(_) => StatusCode::NOT_FOUND,
+            Problem::NotFound(_) | Problem::UnknownRequest(_) => StatusCode::NOT_FOUND,
             Problem::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Problem::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::BodyUnreadable(_) | Problem::BadRequest(_) => StatusCode::BAD_REQUEST,

@@ -21,13 +21,17 @@ use axum::routing::{MethodFilter, MethodRouter, get};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use osmosis_protocol::{RequestEnvelope, RequestId, headers as contract};
+use osmosis_protocol::{
+    EventKind, ReplyAddress, ReplyEnvelope, RequestEnvelope, RequestId, headers as contract,
+};
 use serde::Serialize;
+use tokio::sync::broadcast;
 
-use crate::channel::{ChannelRecord, ChannelWriter, WriteError};
+use crate::channel::{ChannelRecord, ChannelWriter, Stored, WriteError, owned_headers};
 use crate::config::{Config, KeySource, Mode, RouteConfig};
 use crate::metrics::{ChannelLabels, Metrics, RequestLabels, RouteLabels};
 use crate::problem::Problem;
+use crate::replies::{Lookup, ReplyEvent, ReplyHub, unix_ms_after};
 
 /// Response header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "osmosis-request-id";
@@ -44,6 +48,8 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// How long a 503 tells clients to wait when Kafka cannot take a write.
     pub retry_after: Duration,
+    /// The reply side; `None` when no route waits for replies.
+    pub replies: Option<Arc<ReplyHub>>,
 }
 
 impl AppState {
@@ -53,6 +59,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             shutting_down: Arc::new(AtomicBool::new(false)),
             retry_after,
+            replies: None,
         }
     }
 }
@@ -65,6 +72,9 @@ struct Route {
     key: Option<KeySource>,
     max_body_bytes: usize,
     forward_headers: Vec<HeaderName>,
+    timeout: Duration,
+    max_wait: Duration,
+    deadline: Option<Duration>,
 }
 
 impl From<&RouteConfig> for Route {
@@ -86,6 +96,9 @@ impl From<&RouteConfig> for Route {
                         .expect("validated with the configuration")
                 })
                 .collect(),
+            timeout: Duration::from_millis(config.timeout_ms),
+            max_wait: Duration::from_millis(config.max_wait_ms),
+            deadline: config.deadline_ms.map(Duration::from_millis),
         }
     }
 }
@@ -121,7 +134,8 @@ pub fn app(config: &Config, state: AppState) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/v1/requests/{id}", get(request_status));
     for (path, method_router) in by_path {
         router = router.route(path, method_router);
     }
@@ -132,13 +146,15 @@ pub fn app(config: &Config, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The 202 body of an accepted publish.
+/// The body of a 202: where the request is, and whether a reply is pending.
 #[derive(Serialize)]
 struct Accepted<'a> {
     id: String,
     channel: &'a str,
     partition: i32,
     offset: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
 }
 
 async fn accept(
@@ -155,7 +171,20 @@ async fn accept(
     }
     let body = read_body(&headers, body, route.max_body_bytes).await?;
     let key = routing_key(&route, &params, &headers, &body)?;
-    let id = RequestId::new(None);
+    let replies = match route.mode {
+        Mode::Publish => None,
+        Mode::Request => Some(
+            state
+                .replies
+                .clone()
+                .expect("the reply hub runs whenever a route is in request mode"),
+        ),
+    };
+    let reply_to = replies.as_ref().map(|hub| ReplyAddress {
+        topic: hub.topic().to_owned(),
+        partition: hub.next_partition(),
+    });
+    let id = RequestId::new(reply_to.as_ref().map(|address| address.partition));
     let envelope = RequestEnvelope {
         id,
         route: route.label.clone(),
@@ -168,26 +197,219 @@ async fn accept(
             .map(str::to_owned),
         traceparent: continue_trace(headers.get(contract::TRACEPARENT)),
         forwarded: forwarded_headers(&route.forward_headers, &headers),
-        reply_to: None,
-        deadline_ms: None,
+        reply_to: reply_to.clone(),
+        deadline_ms: route.deadline.map(unix_ms_after),
     };
     let record = ChannelRecord {
-        channel: route.channel.clone(),
+        topic: route.channel.clone(),
+        partition: None,
         key,
-        body,
-        envelope,
+        value: body,
+        headers: owned_headers(envelope.to_headers()),
     };
-    match route.mode {
-        Mode::Publish => publish(&state, &route, id, record).await,
+    match (replies, reply_to) {
+        (Some(hub), Some(reply_to)) => {
+            let preference = Preference::parse(&headers, route.timeout, route.max_wait);
+            request(&state, &route, &hub, id, reply_to, record, preference).await
+        }
+        _ => {
+            let stored = write(&state, &route, id, record).await?;
+            Ok(accepted_response(id, &route.channel, stored, false))
+        }
     }
 }
 
-async fn publish(
+/// What the client asked for with `Prefer` (RFC 7240).
+struct Preference {
+    /// Answer 202 as soon as the request is in its channel.
+    respond_async: bool,
+    /// How long to wait for the reply.
+    wait: Duration,
+}
+
+impl Preference {
+    fn parse(headers: &HeaderMap, default_wait: Duration, max_wait: Duration) -> Self {
+        let mut preference = Self {
+            respond_async: false,
+            wait: default_wait,
+        };
+        let tokens = headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .map(str::trim);
+        for token in tokens {
+            if token.eq_ignore_ascii_case("respond-async") {
+                preference.respond_async = true;
+            } else if let Some(seconds) = token
+                .split_once('=')
+                .filter(|(name, _)| name.trim().eq_ignore_ascii_case("wait"))
+                .and_then(|(_, value)| value.trim().parse::<f64>().ok())
+                .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+            {
+                preference.wait = Duration::from_secs_f64(seconds).min(max_wait);
+            }
+        }
+        preference
+    }
+}
+
+/// Request mode: write the request (and its `accepted` event), then wait
+/// for the reply as long as the client prefers.
+async fn request(
+    state: &AppState,
+    route: &Route,
+    hub: &Arc<ReplyHub>,
+    id: RequestId,
+    reply_to: ReplyAddress,
+    record: ChannelRecord,
+    preference: Preference,
+) -> Result<Response, Problem> {
+    let mut events = hub.wait_for(id);
+    let accepted_event = ChannelRecord {
+        topic: reply_to.topic,
+        partition: Some(reply_to.partition),
+        key: Some(id.to_string().into_bytes()),
+        value: Bytes::new(),
+        headers: owned_headers(
+            ReplyEnvelope {
+                id,
+                kind: EventKind::Accepted,
+                status: 202,
+                content_type: None,
+                headers: Vec::new(),
+            }
+            .to_headers(),
+        ),
+    };
+    // The `accepted` event lets any instance answer "pending" for this id;
+    // it is written alongside the request, not after it.
+    let (stored, marker) = tokio::join!(
+        write(state, route, id, record),
+        state.writer.write(accepted_event)
+    );
+    let stored = stored.inspect_err(|_| hub.forget(&id))?;
+    if let Err(error) = marker {
+        tracing::warn!(request_id = %id, %error, "accepted event not written; lookups from other instances may answer 404 until the reply");
+    }
+    if preference.respond_async {
+        return Ok(accepted_response(id, &route.channel, stored, true));
+    }
+    let reply = tokio::time::timeout(preference.wait, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.envelope.kind == EventKind::Final => return Some(event),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return hub.recent(&id),
+            }
+        }
+    })
+    .await;
+    match reply {
+        Ok(Some(event)) => Ok(reply_response(&event)),
+        _ => Ok(accepted_response(id, &route.channel, stored, true)),
+    }
+}
+
+/// The 202 naming where the request went; `pending` adds the `Location`
+/// to poll for the reply.
+fn accepted_response(id: RequestId, channel: &str, stored: Stored, pending: bool) -> Response {
+    let body = Accepted {
+        id: id.to_string(),
+        channel,
+        partition: stored.partition,
+        offset: stored.offset,
+        status: pending.then_some("pending"),
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID_HEADER, id_header(id));
+    if pending {
+        let location = format!("/v1/requests/{id}");
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_str(&location).expect("a path of ASCII characters"),
+        );
+    }
+    response
+}
+
+fn id_header(id: RequestId) -> HeaderValue {
+    HeaderValue::from_str(&id.to_string()).expect("a UUID is a valid header value")
+}
+
+/// The worker's reply as the client's response.
+fn reply_response(event: &ReplyEvent) -> Response {
+    let envelope = &event.envelope;
+    let status = StatusCode::from_u16(envelope.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, event.body.clone()).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in &envelope.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    if let Some(content_type) = envelope
+        .content_type
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert(header::CONTENT_TYPE, content_type);
+    }
+    headers.insert(REQUEST_ID_HEADER, id_header(envelope.id));
+    response
+}
+
+/// `GET /v1/requests/{id}`: the reply once there, 202 while pending, 404
+/// for ids nobody knows (or whose reply is gone with retention).
+async fn request_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id: RequestId = id
+        .parse()
+        .map_err(|_| Problem::BadRequest(format!("{id:?} is not a request id")))?;
+    let Some(hub) = &state.replies else {
+        return Err(Problem::UnknownRequest(id.to_string()));
+    };
+    match hub.find(id).await {
+        Ok(Lookup::Replied(event)) => Ok(reply_response(&event)),
+        Ok(Lookup::Pending) => {
+            let mut response = (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "id": id.to_string(), "status": "pending" })),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, id_header(id));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok(response)
+        }
+        Ok(Lookup::Unknown) => Err(Problem::NotFound(format!(
+            "request {id} (unknown or expired)"
+        ))),
+        Err(error) => Err(Problem::Unavailable {
+            reason: error.to_string(),
+            retry_after: state.retry_after,
+        }),
+    }
+}
+
+/// Writes a request record, timing the produce and mapping failures to
+/// the client's problem.
+async fn write(
     state: &AppState,
     route: &Route,
     id: RequestId,
     record: ChannelRecord,
-) -> Result<Response, Problem> {
+) -> Result<Stored, Problem> {
     let started = Instant::now();
     let outcome = state.writer.write(record).await;
     state
@@ -197,7 +419,7 @@ async fn publish(
             channel: route.channel.clone(),
         })
         .observe(started.elapsed().as_secs_f64());
-    let stored = outcome.map_err(|error| {
+    outcome.map_err(|error| {
         tracing::warn!(request_id = %id, channel = %route.channel, %error, "write not acknowledged");
         match error {
             WriteError::TooLarge => Problem::BodyTooLarge {
@@ -208,19 +430,7 @@ async fn publish(
                 retry_after: state.retry_after,
             },
         }
-    })?;
-    let body = Accepted {
-        id: id.to_string(),
-        channel: &route.channel,
-        partition: stored.partition,
-        offset: stored.offset,
-    };
-    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-    response.headers_mut().insert(
-        REQUEST_ID_HEADER,
-        HeaderValue::from_str(&id.to_string()).expect("a UUID is a valid header value"),
-    );
-    Ok(response)
+    })
 }
 
 /// Reads the body up to `limit` bytes. A declared `Content-Length` over the
@@ -479,6 +689,29 @@ routes:
         (app(&config, state.clone()), writer, state)
     }
 
+    fn envelope(record: &ChannelRecord) -> RequestEnvelope {
+        RequestEnvelope::from_headers(record.header_pairs()).unwrap()
+    }
+
+    #[test]
+    fn prefer_asks_for_async_or_another_wait_within_the_cap() {
+        let parse = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("prefer", HeaderValue::from_static(value));
+            Preference::parse(&headers, Duration::from_secs(10), Duration::from_secs(60))
+        };
+        assert!(parse("respond-async").respond_async);
+        assert!(parse("wait=3, respond-async").respond_async);
+        assert_eq!(parse("wait=3").wait, Duration::from_secs(3));
+        assert_eq!(
+            parse("return=minimal; wait=0.5").wait,
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse("wait=600").wait, Duration::from_secs(60), "capped");
+        assert_eq!(parse("wait=-1").wait, Duration::from_secs(10), "ignored");
+        assert!(!parse("wait=1").respond_async);
+    }
+
     fn post(uri: &str, body: &'static str) -> Request<Body> {
         Request::post(uri).body(Body::from(body)).unwrap()
     }
@@ -508,11 +741,11 @@ routes:
             .unwrap();
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         let written = writer.written.lock().unwrap();
-        assert_eq!(written[0].channel, "orders");
-        assert_eq!(written[0].envelope.route, "create");
+        assert_eq!(written[0].topic, "orders");
+        assert_eq!(envelope(&written[0]).route, "create");
         assert_eq!(written[0].key.as_deref(), Some(&b"7"[..]));
-        assert_eq!(written[1].channel, "audit");
-        assert_eq!(written[1].envelope.route, "replace");
+        assert_eq!(written[1].topic, "audit");
+        assert_eq!(envelope(&written[1]).route, "replace");
         assert_eq!(written[1].key, None);
     }
 
@@ -523,7 +756,7 @@ routes:
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         let written = writer.written.lock().unwrap();
         assert_eq!(written[0].key.as_deref(), Some(&b"a/b c"[..]));
-        assert_eq!(written[0].envelope.path, "/files/a/b%20c");
+        assert_eq!(envelope(&written[0]).path, "/files/a/b%20c");
     }
 
     #[tokio::test]
