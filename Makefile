@@ -12,7 +12,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 build:
-	cargo build --workspace --bins
+	cargo build --workspace --bins --examples
 
 bench:
 	scripts/bench.sh

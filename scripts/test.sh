@@ -32,7 +32,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> build"
-cargo build --workspace --bins --locked
+cargo build --workspace --bins --examples --locked
 
 echo "==> Kafka"
 scripts/kafka.sh up

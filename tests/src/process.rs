@@ -27,7 +27,7 @@ pub fn binary(name: &str) -> PathBuf {
         .cloned()
         .unwrap_or_else(|| {
             panic!(
-                "{name} is not built next to {}: run `cargo build --workspace --bins` first (`make test` does)",
+                "{name} is not built next to {}: run `cargo build --workspace --bins --examples` first (`make test` does)",
                 exe.display()
             )
         })
@@ -59,10 +59,19 @@ impl Service {
             .tempfile()
             .expect("config file");
         file.write_all(config.as_bytes()).expect("writing config");
+        let config_path = file.path().to_string_lossy().into_owned();
+        let mut all_args = vec!["--config", config_path.as_str()];
+        all_args.extend_from_slice(args);
+        let mut service = Self::spawn(binary_name, &all_args, env);
+        service._config = Some(file);
+        service
+    }
+
+    /// Starts `binary` (a path relative to the build profile's directory,
+    /// e.g. `examples/echo`) with `args`, logging JSON lines.
+    pub fn spawn(binary_name: &str, args: &[&str], env: &[(&str, String)]) -> Self {
         let mut command = Command::new(binary(binary_name));
         command
-            .arg("--config")
-            .arg(file.path())
             .arg("--log-format")
             .arg("json")
             .args(args)
@@ -103,12 +112,23 @@ impl Service {
             name: binary_name.to_owned(),
             child,
             log,
-            _config: Some(file),
+            _config: None,
         }
     }
 
     /// Waits for a JSON log line whose `message` is `message`; returns it.
     pub fn wait_for_log(&self, message: &str, timeout: Duration) -> serde_json::Value {
+        self.wait_for_log_where(message, timeout, |_| true)
+    }
+
+    /// Waits for a JSON log line whose `message` is `message` and that
+    /// satisfies `matches`; returns it.
+    pub fn wait_for_log_where(
+        &self,
+        message: &str,
+        timeout: Duration,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         let mut seen = 0;
         let mut lines = self.log.lines.lock().unwrap_or_else(|p| p.into_inner());
@@ -116,6 +136,7 @@ impl Service {
             for line in &lines[seen..] {
                 if let Ok(value) = serde_json::from_str::<serde_json::Value>(line)
                     && value["message"] == message
+                    && matches(&value)
                 {
                     return value;
                 }
@@ -149,6 +170,11 @@ impl Service {
             .as_str()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("listening line without addr: {line}"))
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("waiting for child").is_some()
     }
 
     /// Sends a signal to the process.
@@ -213,5 +239,51 @@ impl Gateway {
     /// `http://addr` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// A running worker binary (an example worker or `osmosis-http-worker`).
+pub struct Worker {
+    pub service: Service,
+    /// Address of its `/metrics` endpoint.
+    pub metrics_addr: SocketAddr,
+}
+
+impl Worker {
+    /// Starts `binary` on `channel` of `brokers` with extra `args`, and waits
+    /// until it has started (joined the group: assignment may follow).
+    pub fn start(binary_name: &str, brokers: &str, channel: &str, args: &[&str]) -> Self {
+        let mut all_args = vec!["--brokers", brokers, "--channel", channel];
+        all_args.extend_from_slice(args);
+        let service = Service::spawn(binary_name, &all_args, &[]);
+        let line = service.wait_for_log("worker started", Duration::from_secs(60));
+        let metrics_addr = line["metrics"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("worker started without a metrics address: {line}"));
+        Self {
+            service,
+            metrics_addr,
+        }
+    }
+
+    /// Waits until the worker owns at least one partition.
+    pub fn wait_assigned(&self) {
+        self.service
+            .wait_for_log_where("partitions assigned", Duration::from_secs(60), |line| {
+                line["partitions"].as_str().is_some_and(|p| !p.is_empty())
+            });
+    }
+
+    /// The value of a metric sample line (e.g. `osmosis_worker_in_flight`).
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
     }
 }

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures::FutureExt;
 use osmosis_protocol::RequestEnvelope;
-use rdkafka::client::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -23,6 +24,7 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,10 @@ use crate::replies::{self, DeadLetter, ReplySender};
 pub enum Error {
     #[error("invalid Kafka client configuration: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("channel topic {0:?} does not exist")]
+    NoChannel(String),
+    #[error("cannot create the dead-letter topic {topic:?}: {reason}")]
+    DeadLetterTopic { topic: String, reason: String },
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -92,7 +98,7 @@ impl ConsumerContext for WorkerContext {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => tracing::debug!(offsets = %describe(offsets), "offsets committed"),
-            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(%error, "offset commit failed"),
         }
     }
@@ -138,35 +144,43 @@ pub async fn run<H: Handler>(
         })?;
 
     let mut common = ClientConfig::new();
+    for (name, value) in &config.kafka_properties {
+        common.set(name, value);
+    }
     common.set("bootstrap.servers", &config.brokers);
-    let mut consumer_config = common.clone();
+    // The runtime's settings, unless the user's properties chose otherwise.
+    let with_defaults = |defaults: &[(&str, &str)]| {
+        let mut client = common.clone();
+        for (name, value) in defaults {
+            if client.get(name).is_none() {
+                client.set(*name, *value);
+            }
+        }
+        client
+    };
+    let mut consumer_config = with_defaults(&[
+        ("auto.commit.interval.ms", "1000"),
+        ("auto.offset.reset", "earliest"),
+        ("session.timeout.ms", "10000"),
+        ("statistics.interval.ms", "5000"),
+    ]);
+    // What at-least-once rests on is not negotiable.
     consumer_config
         .set("group.id", config.group())
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "1000")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("statistics.interval.ms", "5000");
-    let mut producer_config = common;
+        .set("enable.auto.offset.store", "false");
+    let mut producer_config = with_defaults(&[("linger.ms", "1"), ("message.timeout.ms", "30000")]);
     producer_config
         .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "1")
-        .set("message.timeout.ms", "30000");
-    for (name, value) in &config.kafka_properties {
-        consumer_config.set(name, value);
-        producer_config.set(name, value);
-    }
-    // Producer-only and consumer-only properties given once for both would
-    // make librdkafka warn; that is the user's choice, not an error.
+        .set("enable.idempotence", "true");
     let consumer: StreamConsumer<WorkerContext> =
         consumer_config.create_with_context(WorkerContext {
             metrics: metrics.clone(),
         })?;
     consumer.subscribe(&[&config.channel])?;
     let producer: FutureProducer = producer_config.create()?;
+    ensure_dead_letter_topic(&common, &config.channel).await?;
     tracing::info!(
         channel = %config.channel,
         group = %config.group(),
@@ -238,6 +252,56 @@ pub async fn run<H: Handler>(
     }
     shared.consumer.unsubscribe();
     tracing::info!("drained: offsets committed, left the group");
+    Ok(())
+}
+
+/// Creates `<channel>.dlq` like the channel (partitions, replication) when
+/// it is missing, so that a failing request always has somewhere to go.
+async fn ensure_dead_letter_topic(
+    client_config: &ClientConfig,
+    channel: &str,
+) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> = client_config.create()?;
+    let dlq = format!("{channel}.dlq");
+    let timeout = Duration::from_secs(10);
+    let metadata = admin.inner().fetch_metadata(None, timeout)?;
+    let find = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| {
+                let replicas = t.partitions().first().map_or(1, |p| p.replicas().len());
+                (t.partitions().len() as i32, replicas as i32)
+            })
+    };
+    let (partitions, replicas) =
+        find(channel).ok_or_else(|| Error::NoChannel(channel.to_owned()))?;
+    if find(&dlq).is_some() {
+        return Ok(());
+    }
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(
+                &dlq,
+                partitions,
+                TopicReplication::Fixed(replicas),
+            )],
+            &AdminOptions::new().operation_timeout(Some(timeout)),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) => tracing::info!(topic = %dlq, "created the dead-letter topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::DeadLetterTopic {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
     Ok(())
 }
 
