@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# The demo, in the foreground: Kafka on 127.0.0.1:9092 and the gateway on
-# 127.0.0.1:8080 with config/demo.yaml. Ctrl-C stops everything it started.
+# The demo, in the foreground: Kafka on 127.0.0.1:9092, the gateway on
+# 127.0.0.1:8080 with config/demo.yaml and an echo worker behind
+# POST /demo/echo. Ctrl-C stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export KAFKA_PORT=9092
 started_kafka=false
 gateway_pid=
+worker_pid=
+
+stop() {
+  local pid=$1
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+}
 
 cleanup() {
   trap - EXIT INT TERM
-  if [ -n "$gateway_pid" ] && kill -0 "$gateway_pid" 2>/dev/null; then
-    kill -TERM "$gateway_pid" 2>/dev/null || true
-    wait "$gateway_pid" 2>/dev/null || true
-  fi
+  stop "$worker_pid"
+  stop "$gateway_pid"
   if $started_kafka; then
     scripts/kafka.sh down
   fi
@@ -22,8 +30,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
-echo "demo: building the gateway"
-cargo build --bin osmosis-gateway
+echo "demo: building the gateway and the example workers"
+cargo build --bin osmosis-gateway --examples
 
 if ! scripts/kafka.sh status; then
   scripts/kafka.sh up
@@ -40,6 +48,9 @@ until curl -fsS -o /dev/null http://127.0.0.1:8080/readyz 2>/dev/null; do
   sleep 0.2
 done
 
+target/debug/examples/echo --brokers 127.0.0.1:9092 --channel demo.echo &
+worker_pid=$!
+
 cat <<'MSG'
 
   Osmosis is running: gateway on http://127.0.0.1:8080, Kafka on 127.0.0.1:9092.
@@ -47,9 +58,12 @@ cat <<'MSG'
 
     curl -i -X POST http://127.0.0.1:8080/demo/events -H 'content-type: application/json' -d '{"hello":"osmosis"}'
     curl -i -X POST http://127.0.0.1:8080/demo/devices/sensor-7/events -d 'temperature=21.5'
+    curl -i -X POST http://127.0.0.1:8080/demo/echo -H 'content-type: text/plain' -d 'hello, worker'
+    curl -i -X POST http://127.0.0.1:8080/demo/echo -H 'Prefer: respond-async' -d 'later'
+    curl -i http://127.0.0.1:8080/v1/requests/<id from the 202>
     curl -s http://127.0.0.1:8080/metrics | grep osmosis_gateway_requests_total
 
-  Ctrl-C stops the gateway and the Kafka broker the demo started.
+  Ctrl-C stops the worker, the gateway and the Kafka broker the demo started.
 
 MSG
-wait "$gateway_pid"
+wait -n "$gateway_pid" "$worker_pid"

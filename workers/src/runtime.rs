@@ -108,7 +108,10 @@ fn describe(partitions: &TopicPartitionList) -> String {
     partitions
         .elements()
         .iter()
-        .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(offset) => format!("{}/{}@{offset}", e.topic(), e.partition()),
+            _ => format!("{}/{}", e.topic(), e.partition()),
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
