@@ -40,6 +40,9 @@ pub struct Config {
     /// Where workers send replies, and which part of them this instance owns.
     #[serde(default)]
     pub replies: RepliesConfig,
+    /// Server-Sent Event streams: replies and channel subscriptions.
+    #[serde(default)]
+    pub sse: SseConfig,
     /// Longest time a graceful shutdown waits for in-flight requests.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -75,6 +78,10 @@ pub struct ChannelConfig {
     /// Replicas of each partition.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
+    /// Whether clients may subscribe to the channel with
+    /// `GET /v1/channels/{name}` (Server-Sent Events).
+    #[serde(default)]
+    pub subscribable: bool,
 }
 
 /// The reply topic and this instance's share of it.
@@ -123,6 +130,40 @@ impl RepliesConfig {
     /// Whether this instance consumes `partition`.
     pub fn owns(&self, partition: i32) -> bool {
         partition >= 0 && (partition as u32) % self.instances == self.instance
+    }
+}
+
+/// Server-Sent Event streams.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseConfig {
+    /// Interval of keep-alive comments on idle streams.
+    #[serde(default = "default_keep_alive_ms")]
+    pub keep_alive_ms: u64,
+    /// Reconnection delay suggested to clients (`retry:`).
+    #[serde(default = "default_retry_ms")]
+    pub retry_ms: u64,
+    /// Open streams at most; more get 503 + Retry-After.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Events a channel subscriber may fall behind the live feed before it
+    /// is cut off (and told to resume): what bounds its memory.
+    #[serde(default = "default_subscriber_buffer")]
+    pub subscriber_buffer: usize,
+    /// Longest life of a request's event stream without its reply.
+    #[serde(default = "default_request_stream_ms")]
+    pub request_stream_ms: u64,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive_ms: default_keep_alive_ms(),
+            retry_ms: default_retry_ms(),
+            max_connections: default_max_connections(),
+            subscriber_buffer: default_subscriber_buffer(),
+            request_stream_ms: default_request_stream_ms(),
+        }
     }
 }
 
@@ -250,6 +291,7 @@ impl Config {
                 ChannelConfig {
                     partitions: self.replies.partitions,
                     replication_factor: default_replication_factor(),
+                    subscribable: false,
                 },
             );
         }
@@ -353,6 +395,12 @@ impl Config {
                     "at most {} (request ids name their reply partition in 12 bits)",
                     osmosis_protocol::MAX_REPLY_PARTITION + 1
                 ),
+            ));
+        }
+        if self.sse.max_connections == 0 || self.sse.subscriber_buffer == 0 {
+            return Err(invalid(
+                "sse",
+                "max_connections and subscriber_buffer must be positive",
             ));
         }
         if replies.cache.max_entries == 0 || replies.cache.max_bytes == 0 {
@@ -461,6 +509,7 @@ fn env_overrides() -> Env {
         "kafka__",
         "channels__",
         "replies__",
+        "sse__",
     ];
     Env::prefixed(ENV_PREFIX)
         .filter(|key| {
@@ -534,6 +583,21 @@ fn default_mode() -> Mode {
 }
 fn default_max_body_bytes() -> usize {
     1024 * 1024
+}
+fn default_keep_alive_ms() -> u64 {
+    15_000
+}
+fn default_retry_ms() -> u64 {
+    2_000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_subscriber_buffer() -> usize {
+    1_024
+}
+fn default_request_stream_ms() -> u64 {
+    600_000
 }
 fn default_timeout_ms() -> u64 {
     10_000

@@ -11,6 +11,9 @@
 //!   [`channel::ChannelWriter`] seam and its Kafka implementation.
 //! - [`replies`]: replies coming back: waiting requests, this instance's
 //!   reply consumer, the recent-replies cache and lookups through Kafka.
+//! - [`sse`]: Server-Sent Event streams of requests and channels.
+//! - [`subscriptions`]: live feeds of subscribable channels (one consumer
+//!   per topic, fanned out in memory) and catch-up reads for resumes.
 //! - [`problem`]: every client-visible error as `application/problem+json`.
 //! - [`metrics`]: the Prometheus metrics.
 //!
@@ -23,10 +26,11 @@ pub mod metrics;
 pub mod problem;
 pub mod replies;
 pub mod server;
+pub mod sse;
+pub mod subscriptions;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -35,6 +39,7 @@ use crate::channel::{ChannelSetupError, KafkaChannels};
 use crate::config::Config;
 use crate::replies::{RepliesError, ReplyHub};
 use crate::server::AppState;
+use crate::subscriptions::Subscriptions;
 
 /// Why the gateway stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +80,23 @@ pub async fn run(
 
     let retry_after =
         Duration::from_millis(config.kafka.produce_timeout_ms).max(Duration::from_secs(1));
-    let mut state = AppState::new(Arc::new(channels.clone()), retry_after);
+    let mut state = AppState::new(Arc::new(channels.clone()), retry_after, &config.sse);
     state.replies = replies;
-    let shutting_down = Arc::clone(&state.shutting_down);
+    state.subscribable = Arc::new(
+        config
+            .channels
+            .iter()
+            .filter(|(_, channel)| channel.subscribable)
+            .map(|(name, _)| name.clone())
+            .collect(),
+    );
+    if !state.subscribable.is_empty() {
+        state.subscriptions = Some(Arc::new(Subscriptions::new(
+            &config.kafka,
+            config.sse.subscriber_buffer,
+        )));
+    }
+    let shutdown_token = state.shutdown.clone();
     let app = server::app(&config, state);
     match listener.local_addr() {
         Ok(addr) => tracing::info!(%addr, routes = config.routes.len(), "listening"),
@@ -88,7 +107,7 @@ pub async fn run(
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
-        shutting_down.store(true, Ordering::Relaxed);
+        shutdown_token.cancel();
         let _ = stopping_tx.send(());
     };
     let grace = config.shutdown_grace();

@@ -28,6 +28,12 @@ pub struct ChannelLabels {
     pub channel: String,
 }
 
+/// Labels of event-stream metrics: `request` or `channel`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub kind: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~8 s: produce acks are sub-millisecond on loopback and
     // seconds when a broker is failing over.
@@ -42,6 +48,10 @@ pub struct Metrics {
     pub produce_duration: Family<ChannelLabels, Histogram, fn() -> Histogram>,
     pub in_flight: Gauge,
     pub producer_queue_depth: Gauge,
+    pub sse_streams: Family<StreamLabels, Gauge>,
+    pub sse_events: Family<StreamLabels, Counter>,
+    pub sse_slow_disconnects: Counter,
+    pub sse_catch_up_reads: Counter,
 }
 
 impl Default for Metrics {
@@ -83,8 +93,36 @@ impl Default for Metrics {
             "Records handed to the producer and not yet acknowledged",
             producer_queue_depth.clone(),
         );
+        let sse_streams = Family::<StreamLabels, Gauge>::default();
+        registry.register(
+            "sse_streams",
+            "Open Server-Sent Event streams, by kind (request, channel)",
+            sse_streams.clone(),
+        );
+        let sse_events = Family::<StreamLabels, Counter>::default();
+        registry.register(
+            "sse_events",
+            "Server-Sent Events sent, by kind",
+            sse_events.clone(),
+        );
+        let sse_slow_disconnects = Counter::default();
+        registry.register(
+            "sse_slow_disconnects",
+            "Channel subscribers cut off for falling too far behind",
+            sse_slow_disconnects.clone(),
+        );
+        let sse_catch_up_reads = Counter::default();
+        registry.register(
+            "sse_catch_up_reads",
+            "Subscriptions that read their catch-up from Kafka before joining the live feed",
+            sse_catch_up_reads.clone(),
+        );
         Self {
             registry,
+            sse_streams,
+            sse_events,
+            sse_slow_disconnects,
+            sse_catch_up_reads,
             requests,
             request_duration,
             produce_duration,

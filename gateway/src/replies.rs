@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::config::{KafkaConfig, RepliesConfig};
 
@@ -30,6 +30,8 @@ use crate::config::{KafkaConfig, RepliesConfig};
 pub struct ReplyEvent {
     pub envelope: ReplyEnvelope,
     pub body: Bytes,
+    /// Offset in the reply partition: the event's SSE id.
+    pub offset: i64,
 }
 
 impl ReplyEvent {
@@ -300,6 +302,85 @@ impl ReplyHub {
         })
     }
 
+    /// Streams the events of `id` from its reply partition, after offset
+    /// `after` when given (a resume), else from the id's timestamp, until
+    /// the final reply, `limit`, or the receiver going away.
+    pub fn tail(
+        self: &Arc<Self>,
+        id: RequestId,
+        after: Option<i64>,
+        limit: Duration,
+    ) -> mpsc::Receiver<Result<Arc<ReplyEvent>, String>> {
+        let (tx, rx) = mpsc::channel(64);
+        let hub = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = hub.tail_blocking(id, after, limit, &tx) {
+                let _ = tx.blocking_send(Err(error.to_string()));
+            }
+        });
+        rx
+    }
+
+    fn tail_blocking(
+        &self,
+        id: RequestId,
+        after: Option<i64>,
+        limit: Duration,
+        tx: &mpsc::Sender<Result<Arc<ReplyEvent>, String>>,
+    ) -> Result<(), KafkaError> {
+        let Some(partition) = id.reply_partition() else {
+            return Ok(());
+        };
+        // One consumer per stream: streams are few and long, lookups short.
+        let consumer: BaseConsumer = self.client_config.create()?;
+        let start = match after {
+            Some(offset) => offset + 1,
+            None => {
+                let since = id.created_at() - Duration::from_secs(5);
+                let since_ms = since
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as i64;
+                let mut query = TopicPartitionList::new();
+                query.add_partition_offset(&self.topic, partition, Offset::Offset(since_ms))?;
+                match consumer
+                    .offsets_for_times(query, self.metadata_timeout)?
+                    .find_partition(&self.topic, partition)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(offset)) => offset,
+                    _ => {
+                        consumer
+                            .fetch_watermarks(&self.topic, partition, self.metadata_timeout)?
+                            .1
+                    }
+                }
+            }
+        };
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
+        consumer.assign(&assignment)?;
+        let key = id.to_string();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline && !tx.is_closed() {
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message?;
+            if message.key() != Some(key.as_bytes()) {
+                continue;
+            }
+            let Some(event) = decode(&message) else {
+                continue;
+            };
+            let is_final = event.envelope.kind == EventKind::Final;
+            if tx.blocking_send(Ok(Arc::new(event))).is_err() || is_final {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// Hands a consumed event to its waiter and remembers final replies.
     fn deliver(&self, event: ReplyEvent) {
         let id = event.envelope.id;
@@ -332,6 +413,7 @@ fn decode<M: Message>(message: &M) -> Option<ReplyEvent> {
         Ok(envelope) => Some(ReplyEvent {
             envelope,
             body: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+            offset: message.offset(),
         }),
         Err(error) => {
             tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "ignoring a malformed reply record");

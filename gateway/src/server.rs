@@ -6,15 +6,14 @@
 //! into a response. It does not talk to Kafka itself: that is the
 //! [`ChannelWriter`]'s job.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Path, Request, State};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, get};
@@ -26,12 +25,15 @@ use osmosis_protocol::{
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::channel::{ChannelRecord, ChannelWriter, Stored, WriteError, owned_headers};
-use crate::config::{Config, KeySource, Mode, RouteConfig};
+use crate::config::{Config, KeySource, Mode, RouteConfig, SseConfig};
 use crate::metrics::{ChannelLabels, Metrics, RequestLabels, RouteLabels};
 use crate::problem::Problem;
 use crate::replies::{Lookup, ReplyEvent, ReplyHub, unix_ms_after};
+use crate::sse::{self, ChannelStream, RecordFormat, StreamKind, Streams};
+use crate::subscriptions::{Positions, StartAt, SubscriptionError, Subscriptions};
 
 /// Response header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "osmosis-request-id";
@@ -43,23 +45,42 @@ pub struct AppState {
     pub writer: Arc<dyn ChannelWriter>,
     /// Counters and histograms served at `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Set when shutdown begins: new requests get 503 instead of being
-    /// accepted by a process that is about to exit.
-    pub shutting_down: Arc<AtomicBool>,
+    /// Cancelled when shutdown begins: new requests get 503 instead of
+    /// being accepted by a process that is about to exit, and open event
+    /// streams end with a final event.
+    pub shutdown: CancellationToken,
     /// How long a 503 tells clients to wait when Kafka cannot take a write.
     pub retry_after: Duration,
     /// The reply side; `None` when no route waits for replies.
     pub replies: Option<Arc<ReplyHub>>,
+    /// Live feeds of subscribable channels; `None` when there are none.
+    pub subscriptions: Option<Arc<Subscriptions>>,
+    /// Channels clients may subscribe to.
+    pub subscribable: Arc<HashSet<String>>,
+    /// Settings and shared state of event streams.
+    pub streams: Streams,
 }
 
 impl AppState {
-    pub fn new(writer: Arc<dyn ChannelWriter>, retry_after: Duration) -> Self {
+    pub fn new(writer: Arc<dyn ChannelWriter>, retry_after: Duration, sse: &SseConfig) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
         Self {
             writer,
-            metrics: Arc::new(Metrics::default()),
-            shutting_down: Arc::new(AtomicBool::new(false)),
+            streams: Streams {
+                keep_alive: Duration::from_millis(sse.keep_alive_ms),
+                retry: Duration::from_millis(sse.retry_ms),
+                request_stream_limit: Duration::from_millis(sse.request_stream_ms),
+                permits: Arc::new(tokio::sync::Semaphore::new(sse.max_connections)),
+                shutdown: shutdown.clone(),
+                metrics: Arc::clone(&metrics),
+            },
+            metrics,
+            shutdown,
             retry_after,
             replies: None,
+            subscriptions: None,
+            subscribable: Arc::default(),
         }
     }
 }
@@ -135,7 +156,8 @@ pub fn app(config: &Config, state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/requests/{id}", get(request_status));
+        .route("/v1/requests/{id}", get(request_status))
+        .route("/v1/channels/{name}", get(subscribe_channel));
     for (path, method_router) in by_path {
         router = router.route(path, method_router);
     }
@@ -166,7 +188,7 @@ async fn accept(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    if state.shutting_down.load(Ordering::Relaxed) {
+    if state.shutdown.is_cancelled() {
         return Err(Problem::ShuttingDown);
     }
     let body = read_body(&headers, body, route.max_body_bytes).await?;
@@ -210,7 +232,11 @@ async fn accept(
     match (replies, reply_to) {
         (Some(hub), Some(reply_to)) => {
             let preference = Preference::parse(&headers, route.timeout, route.max_wait);
-            request(&state, &route, &hub, id, reply_to, record, preference).await
+            let stream = sse::wants_event_stream(&headers);
+            request(
+                &state, &route, &hub, id, reply_to, record, preference, stream,
+            )
+            .await
         }
         _ => {
             let stored = write(&state, &route, id, record).await?;
@@ -255,8 +281,9 @@ impl Preference {
     }
 }
 
-/// Request mode: write the request (and its `accepted` event), then wait
-/// for the reply as long as the client prefers.
+/// Request mode: write the request, then its `accepted` event, then wait
+/// for the reply as long as the client prefers, or stream its events.
+#[allow(clippy::too_many_arguments)] // one request's parts, from one call site
 async fn request(
     state: &AppState,
     route: &Route,
@@ -265,33 +292,59 @@ async fn request(
     reply_to: ReplyAddress,
     record: ChannelRecord,
     preference: Preference,
+    stream: bool,
 ) -> Result<Response, Problem> {
+    let open = if stream {
+        Some(state.streams.open(StreamKind::Request, state.retry_after)?)
+    } else {
+        None
+    };
     let mut events = hub.wait_for(id);
-    let accepted_event = ChannelRecord {
+    let stored = write(state, route, id, record)
+        .await
+        .inspect_err(|_| hub.forget(&id))?;
+    let accepted = Accepted {
+        id: id.to_string(),
+        channel: &route.channel,
+        partition: stored.partition,
+        offset: stored.offset,
+        status: None,
+    };
+    let accepted_json = serde_json::to_string(&accepted).expect("serializable");
+    // The `accepted` event lets any instance answer "pending" for this id and
+    // starts the request's event stream.
+    let marker = ChannelRecord {
         topic: reply_to.topic,
         partition: Some(reply_to.partition),
         key: Some(id.to_string().into_bytes()),
-        value: Bytes::new(),
+        value: Bytes::from(accepted_json.clone()),
         headers: owned_headers(
             ReplyEnvelope {
                 id,
                 kind: EventKind::Accepted,
                 status: 202,
-                content_type: None,
+                content_type: Some("application/json".into()),
                 headers: Vec::new(),
             }
             .to_headers(),
         ),
     };
-    // The `accepted` event lets any instance answer "pending" for this id;
-    // it is written alongside the request, not after it.
-    let (stored, marker) = tokio::join!(
-        write(state, route, id, record),
-        state.writer.write(accepted_event)
-    );
-    let stored = stored.inspect_err(|_| hub.forget(&id))?;
-    if let Err(error) = marker {
-        tracing::warn!(request_id = %id, %error, "accepted event not written; lookups from other instances may answer 404 until the reply");
+    let marker_offset = match state.writer.write(marker).await {
+        Ok(marker) => Some(marker.offset),
+        Err(error) => {
+            tracing::warn!(request_id = %id, %error, "accepted event not written; other instances answer 404 until the reply");
+            None
+        }
+    };
+    if let Some(open) = open {
+        let hub = Arc::clone(hub);
+        return Ok(sse::request_stream(
+            &state.streams,
+            open,
+            sse::accepted_event(marker_offset, &accepted_json),
+            events,
+            move || hub.recent(&id),
+        ));
     }
     if preference.respond_async {
         return Ok(accepted_response(id, &route.channel, stored, true));
@@ -369,6 +422,7 @@ fn reply_response(event: &ReplyEvent) -> Response {
 async fn request_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id: RequestId = id
         .parse()
@@ -376,6 +430,23 @@ async fn request_status(
     let Some(hub) = &state.replies else {
         return Err(Problem::UnknownRequest(id.to_string()));
     };
+    if sse::wants_event_stream(&headers) {
+        let after = sse::last_event_id(&headers)
+            .map(|last| {
+                last.trim().parse::<i64>().map_err(|_| {
+                    Problem::BadRequest(format!(
+                        "Last-Event-ID {last:?} is not an event id of this request"
+                    ))
+                })
+            })
+            .transpose()?;
+        if after.is_none() && matches!(hub.find(id).await, Ok(Lookup::Unknown)) {
+            return Err(Problem::UnknownRequest(id.to_string()));
+        }
+        let open = state.streams.open(StreamKind::Request, state.retry_after)?;
+        let events = hub.tail(id, after, state.streams.request_stream_limit);
+        return Ok(sse::tail_stream(&state.streams, open, events));
+    }
     match hub.find(id).await {
         Ok(Lookup::Replied(event)) => Ok(reply_response(&event)),
         Ok(Lookup::Pending) => {
@@ -534,12 +605,99 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Query of `GET /v1/channels/{name}`.
+#[derive(serde::Deserialize)]
+struct SubscribeQuery {
+    /// `earliest`, `latest` (default) or an RFC 3339 time.
+    from: Option<String>,
+    /// Only records with exactly this key.
+    key: Option<String>,
+    /// `value` (default) or `json` (partition, offset, key, timestamp, value).
+    format: Option<String>,
+}
+
+/// `GET /v1/channels/{name}`: a live subscription as Server-Sent Events.
+async fn subscribe_channel(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<SubscribeQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let subscriptions = match &state.subscriptions {
+        Some(subscriptions) if state.subscribable.contains(&name) => subscriptions,
+        _ => {
+            return Err(Problem::NotFound(format!(
+                "/v1/channels/{name} (not a subscribable channel)"
+            )));
+        }
+    };
+    let resume = sse::last_event_id(&headers)
+        .map(|last| {
+            last.parse::<Positions>()
+                .map_err(|error| Problem::BadRequest(format!("Last-Event-ID: {error}")))
+        })
+        .transpose()?;
+    let from = match query.from.as_deref() {
+        None | Some("latest") => StartAt::Latest,
+        Some("earliest") => StartAt::Earliest,
+        Some(time) => {
+            let at = humantime::parse_rfc3339_weak(time).map_err(|_| {
+                Problem::BadRequest(format!(
+                    "from={time:?}: expected earliest, latest or an RFC 3339 time"
+                ))
+            })?;
+            let millis = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as i64;
+            StartAt::Time(millis)
+        }
+    };
+    let format = match query.format.as_deref() {
+        None | Some("value") => RecordFormat::Value,
+        Some("json") => RecordFormat::Json,
+        Some(other) => {
+            return Err(Problem::BadRequest(format!(
+                "format={other:?}: expected value or json"
+            )));
+        }
+    };
+    let open = state.streams.open(StreamKind::Channel, state.retry_after)?;
+    let unavailable = |error: SubscriptionError| Problem::Unavailable {
+        reason: error.to_string(),
+        retry_after: state.retry_after,
+    };
+    let feed = subscriptions.feed(&name).await.map_err(unavailable)?;
+    let start = match resume {
+        Some(positions) => Some(positions),
+        None => subscriptions
+            .start_positions(&name, from)
+            .await
+            .map_err(unavailable)?,
+    };
+    let live = feed.subscribe();
+    let catch_up = start
+        .clone()
+        .map(|start| subscriptions.catch_up(&name, start, live.snapshot.clone()));
+    Ok(sse::channel_stream(
+        &state.streams,
+        ChannelStream {
+            open,
+            live,
+            catch_up,
+            start,
+            key: query.key.map(Bytes::from),
+            format,
+        },
+    ))
+}
+
 async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<Response, Problem> {
-    if state.shutting_down.load(Ordering::Relaxed) {
+    if state.shutdown.is_cancelled() {
         return Err(Problem::ShuttingDown);
     }
     match state.writer.ready().await {
@@ -684,7 +842,11 @@ routes:
 
     fn setup(writer: MemoryWriter) -> (Router, Arc<MemoryWriter>, AppState) {
         let writer = Arc::new(writer);
-        let state = AppState::new(writer.clone(), Duration::from_secs(3));
+        let state = AppState::new(
+            writer.clone(),
+            Duration::from_secs(3),
+            &SseConfig::default(),
+        );
         let config = Config::from_yaml(CONFIG).unwrap();
         (app(&config, state.clone()), writer, state)
     }
@@ -807,7 +969,7 @@ routes:
     #[tokio::test]
     async fn requests_during_shutdown_are_503_and_not_written() {
         let (app, writer, state) = setup(MemoryWriter::default());
-        state.shutting_down.store(true, Ordering::Relaxed);
+        state.shutdown.cancel();
         let response = app.clone().oneshot(post("/orders/1", "x")).await.unwrap();
         assert!(response.headers().contains_key(header::RETRY_AFTER));
         assert_eq!(problem_status(response).await, 503);

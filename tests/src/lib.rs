@@ -5,14 +5,16 @@
 //! - [`kafka`]: the shared test broker (from `OSMOSIS_TEST_KAFKA`), fresh
 //!   topics per test, reading records back, and a [`kafka::DedicatedKafka`]
 //!   that a test may stop and restart.
-//! - [`process`]: the gateway binary as a child process whose logs are kept
-//!   and printed when a test fails.
+//! - [`process`]: the gateway and worker binaries as child processes whose
+//!   logs are kept and printed when a test fails.
+//! - [`sse`]: reading event streams with a real SSE parser.
 //!
 //! Nothing here skips: when Kafka or a binary is missing, the test fails with
 //! a message that says how to provide it.
 
 pub mod kafka;
 pub mod process;
+pub mod sse;
 
 use std::time::{Duration, Instant};
 

@@ -172,6 +172,11 @@ impl Service {
             .unwrap_or_else(|| panic!("listening line without addr: {line}"))
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process has exited.
     pub fn has_exited(&mut self) -> bool {
         self.child.try_wait().expect("waiting for child").is_some()
