@@ -54,11 +54,16 @@ worker_pid=$!
 cat <<'MSG'
 
   Osmosis is running: gateway on http://127.0.0.1:8080, Kafka on 127.0.0.1:9092.
-  Try, in another terminal:
+  Watch the events channel in one terminal (Server-Sent Events):
+
+    curl -N http://127.0.0.1:8080/v1/channels/demo.events
+
+  and publish into it, or try the other routes, in another:
 
     curl -i -X POST http://127.0.0.1:8080/demo/events -H 'content-type: application/json' -d '{"hello":"osmosis"}'
     curl -i -X POST http://127.0.0.1:8080/demo/devices/sensor-7/events -d 'temperature=21.5'
     curl -i -X POST http://127.0.0.1:8080/demo/echo -H 'content-type: text/plain' -d 'hello, worker'
+    curl -N -X POST http://127.0.0.1:8080/demo/echo -H 'accept: text/event-stream' -d 'as events'
     curl -i -X POST http://127.0.0.1:8080/demo/echo -H 'Prefer: respond-async' -d 'later'
     curl -i http://127.0.0.1:8080/v1/requests/<id from the 202>
     curl -s http://127.0.0.1:8080/metrics | grep osmosis_gateway_requests_total
