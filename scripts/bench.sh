@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (release build) against a local Kafka on a free port, started
-# and stopped here. Extra arguments go to `osmosis-bench ingest`.
+# and stopped here. Without arguments: every benchmark; with arguments:
+# `osmosis-bench <args>` (e.g. `scripts/bench.sh fanout --subscribers 1000`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,4 +21,12 @@ trap 'exit 130' INT TERM
 
 cargo build --release --workspace --bins
 scripts/kafka.sh up
-target/release/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT" "$@"
+if [ $# -eq 0 ]; then
+  target/release/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT"
+  echo
+  target/release/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT"
+else
+  bench=$1
+  shift
+  target/release/osmosis-bench "$bench" --brokers "127.0.0.1:$KAFKA_PORT" "$@"
+fi

@@ -1,0 +1,258 @@
+//! Fan-out: N concurrent SSE subscribers (HTTP/1.1, one connection each) on
+//! one gateway, records produced to the channel at a fixed rate. Measures
+//! delivery latency from produce to receipt (the record's value is its
+//! produce time), events delivered per second, and the gateway's resident
+//! memory per connection: (RSS with N connections − RSS idle) / N.
+//!
+//! The subscribers run in this process with a minimal SSE line scanner (the
+//! tests use a full SSE client library; here the client's own CPU cost would
+//! otherwise be what is measured on a 2-core machine).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Parser;
+use futures::StreamExt;
+use osmosis_e2e::kafka;
+use osmosis_e2e::process::Gateway;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+#[derive(Parser)]
+pub struct FanoutArgs {
+    /// Kafka bootstrap servers (a running broker).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Subscriber counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    subscribers: Vec<usize>,
+    /// Records per second to produce.
+    #[arg(long, value_delimiter = ',', default_value = "10,100")]
+    rates: Vec<u64>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+/// Latency histogram: 100 µs buckets up to 10 s, shared by all subscribers.
+struct Latencies {
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+}
+
+const BUCKET_MICROS: u64 = 100;
+const BUCKETS: usize = 100_000;
+
+impl Latencies {
+    fn new() -> Self {
+        Self {
+            buckets: (0..=BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, micros: u64) {
+        let bucket = ((micros / BUCKET_MICROS) as usize).min(BUCKETS);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        self.buckets
+            .iter()
+            .for_each(|b| b.store(0, Ordering::Relaxed));
+        self.count.store(0, Ordering::Relaxed);
+    }
+
+    /// Upper bound of the bucket holding quantile `q`, in milliseconds.
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let total = self.count.load(Ordering::Relaxed);
+        let rank = ((total as f64) * q).ceil() as u64;
+        let mut seen = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            seen += bucket.load(Ordering::Relaxed);
+            if seen >= rank.max(1) {
+                return ((i as u64 + 1) * BUCKET_MICROS) as f64 / 1000.0;
+            }
+        }
+        f64::INFINITY
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One subscriber: counts itself subscribed, then records the latency of
+/// every `record` event until the connection ends.
+async fn subscriber(
+    http: reqwest::Client,
+    url: String,
+    subscribed: Arc<AtomicUsize>,
+    latencies: Arc<Latencies>,
+) -> anyhow::Result<()> {
+    let response = http
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "subscription answered {}",
+        response.status()
+    );
+    let mut body = response.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        pending.extend_from_slice(&chunk?);
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = pending.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&block);
+            let mut event = "";
+            let mut data = "";
+            for line in text.lines() {
+                if let Some(name) = line.strip_prefix("event: ") {
+                    event = name;
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data = value;
+                }
+            }
+            match event {
+                "subscribed" => {
+                    subscribed.fetch_add(1, Ordering::Relaxed);
+                }
+                "record" => {
+                    if let Ok(sent) = data.parse::<u64>() {
+                        latencies.record(now_micros().saturating_sub(sent));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let topic = kafka::create_topic_on(&args.brokers, "bench.fanout", 3).await;
+    let max = args.subscribers.iter().copied().max().unwrap_or(0);
+    let gateway = Gateway::start(&format!(
+        "listen: 127.0.0.1:0\nkafka: {{ brokers: \"{}\" }}\n\
+         channels: {{ {topic}: {{ partitions: 3, subscribable: true }} }}\n\
+         sse: {{ max_connections: {} }}\n",
+        args.brokers,
+        max + 100,
+    ));
+    let pid = gateway.service.pid();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("linger.ms", "0")
+        .create()
+        .context("creating the producer")?;
+    let url = gateway.url(&format!("/v1/channels/{topic}"));
+    let latencies = Arc::new(Latencies::new());
+
+    println!("## Fan-out: SSE subscribers on one gateway (HTTP/1.1, one connection each)\n");
+    println!("`{command}`\n");
+    println!(
+        "| subscribers | records/s | events delivered/s | expected/s | p50 ms | p99 ms | max ms | RSS idle MiB | RSS with subscribers MiB | KiB per connection |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &count in &args.subscribers {
+        let idle = rss_kib(pid);
+        let subscribed = Arc::new(AtomicUsize::new(0));
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()?;
+        let tasks: Vec<_> = (0..count)
+            .map(|_| {
+                tokio::spawn(subscriber(
+                    http.clone(),
+                    url.clone(),
+                    subscribed.clone(),
+                    latencies.clone(),
+                ))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while subscribed.load(Ordering::Relaxed) < count {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {count} subscribers connected",
+                subscribed.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let connected = rss_kib(pid);
+        let per_connection = connected.saturating_sub(idle) as f64 / count as f64;
+        for &rate in &args.rates {
+            latencies.reset();
+            let interval = Duration::from_secs_f64(1.0 / rate as f64);
+            let total = rate * args.seconds;
+            let started = Instant::now();
+            for i in 0..total {
+                tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
+                let value = now_micros().to_string();
+                let key = (i % 3).to_string();
+                producer
+                    .send(
+                        FutureRecord::to(&topic).key(&key).payload(&value),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)?;
+            }
+            // Let the last records arrive.
+            let expected = total * count as u64;
+            let drain = Instant::now() + Duration::from_secs(10);
+            while latencies.count.load(Ordering::Relaxed) < expected && Instant::now() < drain {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let elapsed = started.elapsed().as_secs_f64().max(args.seconds as f64);
+            let delivered = latencies.count.load(Ordering::Relaxed);
+            println!(
+                "| {count} | {rate} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                delivered as f64 / elapsed,
+                (rate * count as u64) as f64,
+                latencies.quantile_ms(0.5),
+                latencies.quantile_ms(0.99),
+                latencies.quantile_ms(1.0),
+                idle as f64 / 1024.0,
+                connected as f64 / 1024.0,
+                per_connection,
+            );
+        }
+        for task in tasks {
+            task.abort();
+        }
+        drop(http);
+        // Wait for the gateway to notice the disconnects before the next size.
+        let settle = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < settle {
+            let metrics = reqwest::get(gateway.url("/metrics")).await?.text().await?;
+            if metrics.contains("osmosis_gateway_sse_streams{kind=\"channel\"} 0") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! Ingest: the gateway's publish path against its ceiling, a plain rdkafka
+//! producer with the same durability settings (acks=all, idempotent) sending
+//! the same records to the same broker, at several concurrencies in the same
+//! run; then latency at half of the gateway's peak rate, offered open-loop
+//! (a fixed schedule, so a slow response cannot slow the offered load down
+//! and hide its own latency).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use osmosis_e2e::kafka;
+use osmosis_e2e::process::Gateway;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+pub struct IngestArgs {
+    /// Kafka bootstrap servers (a running broker).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Concurrencies (requests or sends in flight) to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,128,256,512")]
+    concurrency: Vec<usize>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: usize,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+}
+
+/// One measured run.
+struct Sample {
+    records: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn ms(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// Runs `concurrency` closed-loop workers calling `op` for `duration`.
+async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Sample
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let latency = Arc::new(Mutex::new(new_histogram()));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (op, latency, errors, stop) =
+                (op.clone(), latency.clone(), errors.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut local = new_histogram();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    if op().await {
+                        local.saturating_record(sent.elapsed().as_micros() as u64);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                latency.lock().await.add(local).expect("same bounds");
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("worker panicked");
+    }
+    let elapsed = started.elapsed();
+    let latency = latency.lock().await.clone();
+    Sample {
+        records: latency.len(),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latency,
+    }
+}
+
+/// Offers `rate` operations per second on a fixed schedule for `duration`;
+/// latency is measured from each operation's scheduled start.
+async fn open_loop<F, Fut>(rate: f64, duration: Duration, op: F) -> Sample
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let latency = Arc::new(std::sync::Mutex::new(new_histogram()));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let started = Instant::now();
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let (op, latency, errors) = (op.clone(), latency.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            if op().await {
+                let micros = scheduled.elapsed().as_micros() as u64;
+                latency.lock().unwrap().saturating_record(micros);
+            } else {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("request task panicked");
+    }
+    let elapsed = started.elapsed();
+    let latency = latency.lock().unwrap().clone();
+    Sample {
+        records: latency.len(),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latency,
+    }
+}
+
+fn raw_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .create()
+        .context("creating the raw producer")
+}
+
+pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let duration = Duration::from_secs(args.seconds);
+    let topic = kafka::create_topic_on(&args.brokers, "bench.ingest", args.partitions).await;
+    let gateway = Gateway::start(&format!(
+        "listen: 127.0.0.1:0\nkafka: {{ brokers: \"{}\" }}\nchannels: {{ {topic}: {{ partitions: {} }} }}\n\
+         routes:\n  - {{ method: POST, path: /ingest, channel: {topic}, max_body_bytes: {} }}\n",
+        args.brokers,
+        args.partitions,
+        args.body_bytes.max(1024 * 1024),
+    ));
+    let url = gateway.url("/ingest");
+    let body = bytes::Bytes::from(vec![b'x'; args.body_bytes]);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let producer = raw_producer(&args.brokers)?;
+
+    let gateway_op = {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        move || {
+            let request = http.post(&url).body(body.clone()).send();
+            async move { matches!(request.await, Ok(r) if r.status() == 202) }
+        }
+    };
+    let raw_op = {
+        let (producer, topic, body) = (producer.clone(), topic.clone(), body.clone());
+        move || {
+            let delivery = producer
+                .send_result(FutureRecord::<(), _>::to(&topic).payload(&body[..]))
+                .ok();
+            async move {
+                match delivery {
+                    Some(delivery) => matches!(delivery.await, Ok(Ok(_))),
+                    None => false,
+                }
+            }
+        }
+    };
+
+    // Warm both paths (connections, producer ids, JIT in the broker).
+    closed_loop(8, Duration::from_secs(2), gateway_op.clone()).await;
+    closed_loop(8, Duration::from_secs(2), raw_op.clone()).await;
+
+    println!(
+        "## Ingest: gateway vs raw rdkafka producer ({} B bodies, {} partitions, acks=all, idempotent)\n",
+        args.body_bytes, args.partitions
+    );
+    println!("`{command}`\n");
+    println!(
+        "| concurrency | raw rec/s | raw p50 ms | raw p99 ms | gateway rec/s | gateway p50 ms | gateway p99 ms | gateway/raw | gateway errors |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut best_gateway = 0.0f64;
+    let mut best_raw = 0.0f64;
+    for &concurrency in &args.concurrency {
+        let raw = closed_loop(concurrency, duration, raw_op.clone()).await;
+        let gw = closed_loop(concurrency, duration, gateway_op.clone()).await;
+        best_gateway = best_gateway.max(gw.rate());
+        best_raw = best_raw.max(raw.rate());
+        println!(
+            "| {concurrency} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0}% | {} |",
+            raw.rate(),
+            raw.ms(0.5),
+            raw.ms(0.99),
+            gw.rate(),
+            gw.ms(0.5),
+            gw.ms(0.99),
+            100.0 * gw.rate() / raw.rate(),
+            gw.errors,
+        );
+    }
+    println!(
+        "\nBest: gateway {best_gateway:.0} rec/s, raw {best_raw:.0} rec/s: gateway at {:.0}% of the raw producer.\n",
+        100.0 * best_gateway / best_raw
+    );
+
+    let half = best_gateway / 2.0;
+    let gw = open_loop(half, duration, gateway_op.clone()).await;
+    let raw = open_loop(half, duration, raw_op.clone()).await;
+    println!(
+        "### Latency at half of the gateway's peak ({half:.0} rec/s offered open-loop, {}s)\n",
+        args.seconds
+    );
+    println!("| path | achieved rec/s | p50 ms | p90 ms | p99 ms | max ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (name, sample) in [("raw producer", &raw), ("gateway", &gw)] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            sample.rate(),
+            sample.ms(0.5),
+            sample.ms(0.9),
+            sample.ms(0.99),
+            sample.latency.max() as f64 / 1000.0,
+            sample.errors,
+        );
+    }
+    if gw.errors > 0 {
+        bail!(
+            "{} gateway requests failed during the latency run",
+            gw.errors
+        );
+    }
+    Ok(())
+}
