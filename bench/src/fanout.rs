@@ -176,6 +176,18 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         "| subscribers | records/s | events delivered/s | expected/s | p50 ms | p99 ms | max ms | RSS idle MiB | RSS with subscribers MiB | KiB per connection |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // One subscription first starts the topic's live feed (its Kafka
+    // consumer), so that "idle" includes it and the rows measure connections.
+    let warmed = Arc::new(AtomicUsize::new(0));
+    let warm_up = tokio::spawn(subscriber(
+        reqwest::Client::new(),
+        url.clone(),
+        warmed.clone(),
+        Arc::new(Latencies::new()),
+    ));
+    while warmed.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for &count in &args.subscribers {
         let idle = rss_kib(pid);
         let subscribed = Arc::new(AtomicUsize::new(0));
@@ -248,11 +260,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         let settle = Instant::now() + Duration::from_secs(30);
         while Instant::now() < settle {
             let metrics = reqwest::get(gateway.url("/metrics")).await?.text().await?;
-            if metrics.contains("osmosis_gateway_sse_streams{kind=\"channel\"} 0") {
+            if metrics.contains("osmosis_gateway_sse_streams{kind=\"channel\"} 1\n") {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    warm_up.abort();
     Ok(())
 }

@@ -341,7 +341,7 @@ async fn request(
         return Ok(sse::request_stream(
             &state.streams,
             open,
-            sse::accepted_event(marker_offset, &accepted_json),
+            sse::accepted_frame(marker_offset, &accepted_json),
             events,
             move || hub.recent(&id),
         ));

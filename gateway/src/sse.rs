@@ -10,13 +10,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::body::Body;
+use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use futures::Stream;
-use http::HeaderMap;
+use futures::{Stream, StreamExt};
+use http::{HeaderMap, HeaderValue, header};
 use osmosis_protocol::EventKind;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
@@ -93,18 +93,68 @@ impl Streams {
         })
     }
 
-    fn respond(
-        &self,
-        stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
-    ) -> Response {
-        Sse::new(stream)
-            .keep_alive(KeepAlive::new().interval(self.keep_alive))
-            .into_response()
+    /// An event-stream response: `stream`'s frames with keep-alive
+    /// comments whenever it is idle for the keep-alive interval.
+    fn respond(&self, stream: impl Stream<Item = Bytes> + Send + 'static) -> Response {
+        let interval = self.keep_alive;
+        let body = async_stream::stream! {
+            let mut stream = std::pin::pin!(stream);
+            let idle = tokio::time::sleep(interval);
+            tokio::pin!(idle);
+            loop {
+                tokio::select! {
+                    frame = stream.next() => match frame {
+                        Some(frame) => {
+                            idle.as_mut().reset(tokio::time::Instant::now() + interval);
+                            yield Ok::<_, Infallible>(frame);
+                        }
+                        None => return,
+                    },
+                    () = &mut idle => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + interval);
+                        yield Ok(Bytes::from_static(b":\n\n"));
+                    }
+                }
+            }
+        };
+        let mut response = Response::new(Body::from_stream(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
     }
 
     fn sent(&self, kind: StreamKind) {
         self.metrics.sse_events.get_or_create(&kind.label()).inc();
     }
+}
+
+/// One encoded event: `event:`, `id:`, a `data:` line per line of `data`.
+/// `data` never holds a carriage return here (bodies with one go base64).
+pub fn frame(event: &str, id: Option<&str>, data: &str) -> Bytes {
+    let mut out = String::with_capacity(event.len() + data.len() + 32);
+    out.push_str("event: ");
+    out.push_str(event);
+    out.push('\n');
+    if let Some(id) = id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+fn retry_frame(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
 }
 
 /// Whether the client asked for an event stream.
@@ -141,15 +191,13 @@ fn as_text(body: &[u8]) -> Option<&str> {
         .filter(|text| !text.contains('\r'))
 }
 
-fn reply_event(event: &ReplyEvent) -> Event {
+fn reply_frame(event: &ReplyEvent) -> Bytes {
     let envelope = &event.envelope;
-    let sse = Event::default().id(event.offset.to_string());
+    let id = event.offset.to_string();
     if envelope.kind == EventKind::Accepted {
         // The marker's body is the JSON the accepting instance sent as its
         // own `accepted` event.
-        return sse
-            .event("accepted")
-            .data(String::from_utf8_lossy(&event.body));
+        return frame("accepted", Some(&id), &String::from_utf8_lossy(&event.body));
     }
     let text = as_text(&event.body);
     let data = ReplyData {
@@ -163,18 +211,19 @@ fn reply_event(event: &ReplyEvent) -> Event {
     } else {
         "progress"
     };
-    sse.event(name)
-        .data(serde_json::to_string(&data).expect("serializable"))
+    frame(
+        name,
+        Some(&id),
+        &serde_json::to_string(&data).expect("serializable"),
+    )
 }
 
-fn shutdown_event(id: Option<String>) -> Event {
-    let event = Event::default().event("shutdown").data(
+fn shutdown_frame(id: Option<&str>) -> Bytes {
+    frame(
+        "shutdown",
+        id,
         r#"{"reason":"the gateway is shutting down; reconnect with Last-Event-ID to resume"}"#,
-    );
-    match id {
-        Some(id) => event.id(id),
-        None => event,
-    }
+    )
 }
 
 /// The events of a request accepted by this instance: `accepted` first
@@ -182,7 +231,7 @@ fn shutdown_event(id: Option<String>) -> Event {
 pub fn request_stream(
     streams: &Streams,
     open: OpenStream,
-    accepted: Event,
+    accepted: Bytes,
     mut events: broadcast::Receiver<Arc<ReplyEvent>>,
     on_overflow: impl FnOnce() -> Option<Arc<ReplyEvent>> + Send + 'static,
 ) -> Response {
@@ -190,8 +239,8 @@ pub fn request_stream(
     let stream = async_stream::stream! {
         let _open = open;
         let streams = streams_;
-        yield Ok(Event::default().retry(streams.retry));
-        yield Ok(accepted);
+        yield retry_frame(streams.retry);
+        yield accepted;
         streams.sent(StreamKind::Request);
         let limit = tokio::time::sleep(streams.request_stream_limit);
         tokio::pin!(limit);
@@ -200,7 +249,7 @@ pub fn request_stream(
             let received = tokio::select! {
                 biased;
                 () = streams.shutdown.cancelled() => {
-                    yield Ok(shutdown_event(None));
+                    yield shutdown_frame(None);
                     return;
                 }
                 () = &mut limit => return,
@@ -218,7 +267,7 @@ pub fn request_stream(
                 }
             };
             streams.sent(StreamKind::Request);
-            yield Ok(reply_event(&event));
+            yield reply_frame(&event);
             if event.envelope.kind == EventKind::Final {
                 return;
             }
@@ -238,12 +287,12 @@ pub fn tail_stream(
     let stream = async_stream::stream! {
         let _open = open;
         let streams = streams_;
-        yield Ok(Event::default().retry(streams.retry));
+        yield retry_frame(streams.retry);
         loop {
             let received = tokio::select! {
                 biased;
                 () = streams.shutdown.cancelled() => {
-                    yield Ok(shutdown_event(None));
+                    yield shutdown_frame(None);
                     return;
                 }
                 received = events.recv() => received,
@@ -251,7 +300,7 @@ pub fn tail_stream(
             match received {
                 Some(Ok(event)) => {
                     streams.sent(StreamKind::Request);
-                    yield Ok(reply_event(&event));
+                    yield reply_frame(&event);
                     if event.envelope.kind == EventKind::Final {
                         return;
                     }
@@ -293,15 +342,12 @@ struct RecordData<'a> {
     value_base64: Option<String>,
 }
 
-fn record_event(event: &ChannelEvent, id: &str, format: RecordFormat) -> Event {
+fn record_frame(event: &ChannelEvent, id: &str, format: RecordFormat) -> Bytes {
     let text = as_text(&event.value);
     match format {
         RecordFormat::Value => match text {
-            Some(text) => Event::default().event("record").id(id).data(text),
-            None => Event::default()
-                .event("record.base64")
-                .id(id)
-                .data(BASE64.encode(&event.value)),
+            Some(text) => frame("record", Some(id), text),
+            None => frame("record.base64", Some(id), &BASE64.encode(&event.value)),
         },
         RecordFormat::Json => {
             let key_text = event.key.as_deref().and_then(as_text);
@@ -317,12 +363,24 @@ fn record_event(event: &ChannelEvent, id: &str, format: RecordFormat) -> Event {
                 value: text,
                 value_base64: text.is_none().then(|| BASE64.encode(&event.value)),
             };
-            Event::default()
-                .event("record")
-                .id(id)
-                .data(serde_json::to_string(&data).expect("serializable"))
+            frame(
+                "record",
+                Some(id),
+                &serde_json::to_string(&data).expect("serializable"),
+            )
         }
     }
+}
+
+/// The frame every subscriber in step with the live feed sends for this
+/// event: rendered once, shared by all of them.
+fn shared_record_frame(event: &ChannelEvent, format: RecordFormat) -> Bytes {
+    let cell = match format {
+        RecordFormat::Value => &event.value_frame,
+        RecordFormat::Json => &event.json_frame,
+    };
+    cell.get_or_init(|| record_frame(event, &event.positions, format))
+        .clone()
 }
 
 /// A channel subscription: catch-up from `start` (if any), then the live
@@ -343,13 +401,11 @@ pub fn channel_stream(streams: &Streams, subscription: ChannelStream) -> Respons
         let ChannelStream { open, mut live, catch_up, start, key, format } = subscription;
         let _open = open;
         let streams = streams_;
-        yield Ok(Event::default().retry(streams.retry));
+        yield retry_frame(streams.retry);
         let mut cursor = start.unwrap_or_else(|| live.snapshot.clone());
         // The subscription is live from here: say so, and where it starts.
-        yield Ok(Event::default()
-            .event("subscribed")
-            .id(cursor.to_string())
-            .data(format!(r#"{{"positions":"{cursor}"}}"#)));
+        let start = cursor.to_string();
+        yield frame("subscribed", Some(&start), &format!(r#"{{"positions":"{start}"}}"#));
         let matches = |event: &ChannelEvent| key.is_none() || event.key == key;
         if let Some(mut catch_up) = catch_up {
             streams.metrics.sse_catch_up_reads.inc();
@@ -357,7 +413,7 @@ pub fn channel_stream(streams: &Streams, subscription: ChannelStream) -> Respons
                 let received = tokio::select! {
                     biased;
                     () = streams.shutdown.cancelled() => {
-                        yield Ok(shutdown_event(Some(cursor.to_string())));
+                        yield shutdown_frame(Some(&cursor.to_string()));
                         return;
                     }
                     received = catch_up.recv() => received,
@@ -370,7 +426,7 @@ pub fn channel_stream(streams: &Streams, subscription: ChannelStream) -> Respons
                         cursor.advance(event.partition, event.offset);
                         if matches(&event) {
                             streams.sent(StreamKind::Channel);
-                            yield Ok(record_event(&event, &cursor.to_string(), format));
+                            yield record_frame(&event, &cursor.to_string(), format);
                         }
                     }
                     Some(Err(error)) => {
@@ -393,7 +449,7 @@ pub fn channel_stream(streams: &Streams, subscription: ChannelStream) -> Respons
             let received = tokio::select! {
                 biased;
                 () = streams.shutdown.cancelled() => {
-                    yield Ok(shutdown_event(Some(cursor.to_string())));
+                    yield shutdown_frame(Some(&cursor.to_string()));
                     return;
                 }
                 received = live.events.recv() => received,
@@ -403,10 +459,11 @@ pub fn channel_stream(streams: &Streams, subscription: ChannelStream) -> Respons
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     streams.metrics.sse_slow_disconnects.inc();
                     tracing::info!(missed, "cutting off a slow subscriber");
-                    yield Ok(Event::default()
-                        .event("overflow")
-                        .id(cursor.to_string())
-                        .data(r#"{"reason":"the subscriber fell too far behind; reconnect with Last-Event-ID to resume"}"#));
+                    yield frame(
+                        "overflow",
+                        Some(&cursor.to_string()),
+                        r#"{"reason":"the subscriber fell too far behind; reconnect with Last-Event-ID to resume"}"#,
+                    );
                     return;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -422,9 +479,9 @@ pub fn channel_stream(streams: &Streams, subscription: ChannelStream) -> Respons
             }
             streams.sent(StreamKind::Channel);
             if in_step {
-                yield Ok(record_event(&event, &event.positions, format));
+                yield shared_record_frame(&event, format);
             } else {
-                yield Ok(record_event(&event, &cursor.to_string(), format));
+                yield record_frame(&event, &cursor.to_string(), format);
             }
         }
     };
@@ -433,10 +490,32 @@ pub fn channel_stream(streams: &Streams, subscription: ChannelStream) -> Respons
 
 /// The `accepted` event of a request stream started by a POST; its id is
 /// the accepted marker's offset, from which a resume continues.
-pub fn accepted_event(marker_offset: Option<i64>, data: &str) -> Event {
-    let event = Event::default().event("accepted").data(data);
-    match marker_offset {
-        Some(offset) => event.id(offset.to_string()),
-        None => event,
+pub fn accepted_frame(marker_offset: Option<i64>, data: &str) -> Bytes {
+    frame(
+        "accepted",
+        marker_offset.map(|o| o.to_string()).as_deref(),
+        data,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_carries_each_data_line_and_ends_with_a_blank_line() {
+        let encoded = frame("record", Some("0:1"), "first\nsecond");
+        assert_eq!(
+            &encoded[..],
+            b"event: record\nid: 0:1\ndata: first\ndata: second\n\n"
+        );
+        assert_eq!(&frame("accepted", None, "{}")[..], b"event: accepted\ndata: {}\n\n");
+    }
+
+    #[test]
+    fn bodies_with_carriage_returns_are_not_text() {
+        assert_eq!(as_text(b"plain\nlines"), Some("plain\nlines"));
+        assert_eq!(as_text(b"windows\r\nline"), None);
+        assert_eq!(as_text(&[0xff, 0xfe]), None);
     }
 }

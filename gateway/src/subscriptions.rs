@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -98,6 +98,9 @@ pub struct ChannelEvent {
     /// The live feed's positions after this record, rendered once for every
     /// subscriber in step with the feed.
     pub positions: Arc<str>,
+    /// The event's frames for in-step subscribers, rendered on first use.
+    pub value_frame: OnceLock<Bytes>,
+    pub json_frame: OnceLock<Bytes>,
 }
 
 impl ChannelEvent {
@@ -109,6 +112,8 @@ impl ChannelEvent {
             value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
             timestamp: message.timestamp().to_millis(),
             positions,
+            value_frame: OnceLock::new(),
+            json_frame: OnceLock::new(),
         }
     }
 }
