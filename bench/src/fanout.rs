@@ -34,6 +34,14 @@ pub struct FanoutArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Protocols to measure: `h1` (one connection per subscriber, like
+    /// browsers' EventSource over HTTP/1.1) and `h2` (cleartext HTTP/2,
+    /// `--streams-per-connection` subscribers multiplexed per connection).
+    #[arg(long, value_delimiter = ',', default_value = "h1,h2")]
+    protocols: Vec<String>,
+    /// Subscribers sharing one HTTP/2 connection.
+    #[arg(long, default_value_t = 100)]
+    streams_per_connection: usize,
 }
 
 /// Latency histogram: 100 µs buckets up to 10 s, shared by all subscribers.
@@ -170,12 +178,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let url = gateway.url(&format!("/v1/channels/{topic}"));
     let latencies = Arc::new(Latencies::new());
 
-    println!("## Fan-out: SSE subscribers on one gateway (HTTP/1.1, one connection each)\n");
+    println!("## Fan-out: SSE subscribers on one gateway\n");
     println!("`{command}`\n");
     println!(
-        "| subscribers | records/s | events delivered/s | expected/s | p50 ms | p99 ms | max ms | RSS idle MiB | RSS with subscribers MiB | KiB per connection |"
+        "| protocol | subscribers | connections | records/s | events delivered/s | expected/s | p50 ms | p99 ms | max ms | RSS idle MiB | RSS with subscribers MiB | KiB per subscriber |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // One subscription first starts the topic's live feed (its Kafka
     // consumer), so that "idle" includes it and the rows measure connections.
     let warmed = Arc::new(AtomicUsize::new(0));
@@ -188,82 +196,99 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     while warmed.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for &count in &args.subscribers {
-        let idle = rss_kib(pid);
-        let subscribed = Arc::new(AtomicUsize::new(0));
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()?;
-        let tasks: Vec<_> = (0..count)
-            .map(|_| {
-                tokio::spawn(subscriber(
-                    http.clone(),
-                    url.clone(),
-                    subscribed.clone(),
-                    latencies.clone(),
-                ))
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while subscribed.load(Ordering::Relaxed) < count {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "only {} of {count} subscribers connected",
-                subscribed.load(Ordering::Relaxed)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let connected = rss_kib(pid);
-        let per_connection = connected.saturating_sub(idle) as f64 / count as f64;
-        for &rate in &args.rates {
-            latencies.reset();
-            let interval = Duration::from_secs_f64(1.0 / rate as f64);
-            let total = rate * args.seconds;
-            let started = Instant::now();
-            for i in 0..total {
-                tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
-                let value = now_micros().to_string();
-                let key = (i % 3).to_string();
-                producer
-                    .send(
-                        FutureRecord::to(&topic).key(&key).payload(&value),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)?;
+    for protocol in &args.protocols {
+        for &count in &args.subscribers {
+            let idle = rss_kib(pid);
+            let subscribed = Arc::new(AtomicUsize::new(0));
+            let (clients, connections) = match protocol.as_str() {
+                "h1" => (
+                    vec![
+                        reqwest::Client::builder()
+                            .pool_max_idle_per_host(0)
+                            .build()?,
+                    ],
+                    count,
+                ),
+                "h2" => {
+                    let connections = count.div_ceil(args.streams_per_connection);
+                    let clients = (0..connections)
+                        .map(|_| reqwest::Client::builder().http2_prior_knowledge().build())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (clients, connections)
+                }
+                other => anyhow::bail!("unknown protocol {other:?}: h1 or h2"),
+            };
+            let tasks: Vec<_> = (0..count)
+                .map(|i| {
+                    tokio::spawn(subscriber(
+                        clients[i % clients.len()].clone(),
+                        url.clone(),
+                        subscribed.clone(),
+                        latencies.clone(),
+                    ))
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while subscribed.load(Ordering::Relaxed) < count {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "only {} of {count} subscribers connected",
+                    subscribed.load(Ordering::Relaxed)
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            // Let the last records arrive.
-            let expected = total * count as u64;
-            let drain = Instant::now() + Duration::from_secs(10);
-            while latencies.count.load(Ordering::Relaxed) < expected && Instant::now() < drain {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let connected = rss_kib(pid);
+            let per_connection = connected.saturating_sub(idle) as f64 / count as f64;
+            for &rate in &args.rates {
+                latencies.reset();
+                let interval = Duration::from_secs_f64(1.0 / rate as f64);
+                let total = rate * args.seconds;
+                let started = Instant::now();
+                for i in 0..total {
+                    tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
+                    let value = now_micros().to_string();
+                    let key = (i % 3).to_string();
+                    producer
+                        .send(
+                            FutureRecord::to(&topic).key(&key).payload(&value),
+                            Duration::from_secs(5),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)?;
+                }
+                // Let the last records arrive.
+                let expected = total * count as u64;
+                let drain = Instant::now() + Duration::from_secs(10);
+                while latencies.count.load(Ordering::Relaxed) < expected && Instant::now() < drain {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let elapsed = started.elapsed().as_secs_f64().max(args.seconds as f64);
+                let delivered = latencies.count.load(Ordering::Relaxed);
+                println!(
+                    "| {protocol} | {count} | {connections} | {rate} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    delivered as f64 / elapsed,
+                    (rate * count as u64) as f64,
+                    latencies.quantile_ms(0.5),
+                    latencies.quantile_ms(0.99),
+                    latencies.quantile_ms(1.0),
+                    idle as f64 / 1024.0,
+                    connected as f64 / 1024.0,
+                    per_connection,
+                );
             }
-            let elapsed = started.elapsed().as_secs_f64().max(args.seconds as f64);
-            let delivered = latencies.count.load(Ordering::Relaxed);
-            println!(
-                "| {count} | {rate} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                delivered as f64 / elapsed,
-                (rate * count as u64) as f64,
-                latencies.quantile_ms(0.5),
-                latencies.quantile_ms(0.99),
-                latencies.quantile_ms(1.0),
-                idle as f64 / 1024.0,
-                connected as f64 / 1024.0,
-                per_connection,
-            );
-        }
-        for task in tasks {
-            task.abort();
-        }
-        drop(http);
-        // Wait for the gateway to notice the disconnects before the next size.
-        let settle = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < settle {
-            let metrics = reqwest::get(gateway.url("/metrics")).await?.text().await?;
-            if metrics.contains("osmosis_gateway_sse_streams{kind=\"channel\"} 1\n") {
-                break;
+            for task in tasks {
+                task.abort();
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(clients);
+            // Wait for the gateway to notice the disconnects before the next size.
+            let settle = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < settle {
+                let metrics = reqwest::get(gateway.url("/metrics")).await?.text().await?;
+                if metrics.contains("osmosis_gateway_sse_streams{kind=\"channel\"} 1\n") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
     warm_up.abort();

@@ -509,7 +509,10 @@ mod tests {
             &encoded[..],
             b"event: record\nid: 0:1\ndata: first\ndata: second\n\n"
         );
-        assert_eq!(&frame("accepted", None, "{}")[..], b"event: accepted\ndata: {}\n\n");
+        assert_eq!(
+            &frame("accepted", None, "{}")[..],
+            b"event: accepted\ndata: {}\n\n"
+        );
     }
 
     #[test]
