@@ -24,7 +24,10 @@ scripts/kafka.sh up
 if [ $# -eq 0 ]; then
   target/release/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT"
   echo
-  target/release/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT"
+  # One gateway per protocol, so that neither run's memory colours the other's.
+  target/release/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1
+  echo
+  target/release/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h2
 else
   bench=$1
   shift
