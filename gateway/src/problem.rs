@@ -77,6 +77,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if matches!(self, Problem::BodyTooLarge { .. }) {
+            // The rest of the upload was not read: the connection cannot
+            // carry another request, and the client must know not to reuse it.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(wait) = self.retry_after() {
             let secs = wait.as_secs().max(1);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
