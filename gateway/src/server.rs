@@ -127,15 +127,17 @@ impl From<&RouteConfig> for Route {
 /// The whole HTTP application: configured routes plus `/healthz`, `/readyz`
 /// and `/metrics`, with problem+json for unknown paths and methods.
 pub fn app(config: &Config, state: AppState) -> Router {
+    // Handlers share one state: extracting it is one reference count.
+    let state = Arc::new(state);
     // Routes sharing a path pattern share one MethodRouter, so that a wrong
     // method on a known path is a 405 rather than a 404.
-    let mut by_path: BTreeMap<&str, MethodRouter<AppState>> = BTreeMap::new();
+    let mut by_path: BTreeMap<&str, MethodRouter<Arc<AppState>>> = BTreeMap::new();
     for route_config in &config.routes {
         let route = Arc::new(Route::from(route_config));
         let method = Method::from_bytes(route_config.method.to_ascii_uppercase().as_bytes())
             .expect("validated with the configuration");
         let filter = MethodFilter::try_from(method).expect("standard HTTP method");
-        let handler = move |state: State<AppState>,
+        let handler = move |state: State<Arc<AppState>>,
                             params: Option<Path<HashMap<String, String>>>,
                             method: Method,
                             uri: Uri,
@@ -180,7 +182,7 @@ struct Accepted<'a> {
 }
 
 async fn accept(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     route: Arc<Route>,
     params: HashMap<String, String>,
     method: Method,
@@ -420,7 +422,7 @@ fn reply_response(event: &ReplyEvent) -> Response {
 /// `GET /v1/requests/{id}`: the reply once there, 202 while pending, 404
 /// for ids nobody knows (or whose reply is gone with retention).
 async fn request_status(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
@@ -602,7 +604,13 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0x0f)] as char);
+    }
+    out
 }
 
 /// Query of `GET /v1/channels/{name}`.
@@ -618,7 +626,7 @@ struct SubscribeQuery {
 
 /// `GET /v1/channels/{name}`: a live subscription as Server-Sent Events.
 async fn subscribe_channel(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     Query(query): Query<SubscribeQuery>,
     headers: HeaderMap,
@@ -696,7 +704,7 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<Response, Problem> {
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
     if state.shutdown.is_cancelled() {
         return Err(Problem::ShuttingDown);
     }
@@ -709,7 +717,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Response, Problem> {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     state
         .metrics
         .producer_queue_depth
@@ -735,7 +743,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
 }
 
 /// Counts every request by route pattern, method and status, and times it.
-async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn track_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
