@@ -19,6 +19,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# wrk (Debian's package) loads the gateway from a process of its own.
+if ! command -v wrk >/dev/null; then
+  echo "bench.sh: installing wrk" >&2
+  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+
 cargo build --release --workspace --bins
 scripts/kafka.sh up
 if [ $# -eq 0 ]; then

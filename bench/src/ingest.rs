@@ -4,6 +4,10 @@
 //! run; then latency at half of the gateway's peak rate, offered open-loop
 //! (a fixed schedule, so a slow response cannot slow the offered load down
 //! and hide its own latency).
+//!
+//! The gateway is loaded two ways: by `wrk` (a C load generator in its own
+//! process, light enough that the gateway rather than the client is what is
+//! measured on a 2-core machine) and by an in-process `reqwest` client.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -201,27 +205,35 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         args.body_bytes, args.partitions
     );
     println!("`{command}`\n");
+    let wrk_script = tempfile_with(&format!(
+        "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {})\n",
+        args.body_bytes
+    ))?;
     println!(
-        "| concurrency | raw rec/s | raw p50 ms | raw p99 ms | gateway rec/s | gateway p50 ms | gateway p99 ms | gateway/raw | gateway errors |"
+        "| concurrency | raw rec/s | raw p50 ms | raw p99 ms | gateway (wrk) rec/s | p50 ms | p99 ms | gateway (wrk)/raw | gateway (reqwest) rec/s | p50 ms | p99 ms | errors |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut best_gateway = 0.0f64;
     let mut best_raw = 0.0f64;
     for &concurrency in &args.concurrency {
         let raw = closed_loop(concurrency, duration, raw_op.clone()).await;
+        let wrk = wrk(&url, concurrency, duration, wrk_script.path()).await?;
         let gw = closed_loop(concurrency, duration, gateway_op.clone()).await;
-        best_gateway = best_gateway.max(gw.rate());
+        best_gateway = best_gateway.max(wrk.rate).max(gw.rate());
         best_raw = best_raw.max(raw.rate());
         println!(
-            "| {concurrency} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0}% | {} |",
+            "| {concurrency} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0}% | {:.0} | {:.2} | {:.2} | {} |",
             raw.rate(),
             raw.ms(0.5),
             raw.ms(0.99),
+            wrk.rate,
+            wrk.p50_ms,
+            wrk.p99_ms,
+            100.0 * wrk.rate / raw.rate(),
             gw.rate(),
             gw.ms(0.5),
             gw.ms(0.99),
-            100.0 * gw.rate() / raw.rate(),
-            gw.errors,
+            gw.errors + wrk.errors,
         );
     }
     println!(
@@ -256,4 +268,82 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What one `wrk` run measured.
+struct WrkRun {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn tempfile_with(text: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    let mut file = tempfile::Builder::new().suffix(".lua").tempfile()?;
+    file.write_all(text.as_bytes())?;
+    Ok(file)
+}
+
+/// Runs `wrk` (one thread, `connections` connections) against `url`.
+async fn wrk(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    script: &std::path::Path,
+) -> anyhow::Result<WrkRun> {
+    let output = tokio::process::Command::new("wrk")
+        .args(["-t1", "--latency", "-s"])
+        .arg(script)
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{}s", duration.as_secs()))
+        .arg(url)
+        .output()
+        .await
+        .context("running wrk (scripts/bench.sh installs it)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "wrk failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |prefix: &str| {
+        text.lines().find_map(|line| {
+            line.trim()
+                .strip_prefix(prefix)
+                .map(str::trim)
+                .map(str::to_owned)
+        })
+    };
+    let rate = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no rate in wrk's output:\n{text}"))?;
+    let latency = |prefix: &str| {
+        field(prefix)
+            .and_then(|v| parse_wrk_duration_ms(&v))
+            .unwrap_or(f64::NAN)
+    };
+    let errors = field("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(WrkRun {
+        rate,
+        p50_ms: latency("50%"),
+        p99_ms: latency("99%"),
+        errors,
+    })
+}
+
+/// `850.00us`, `3.35ms`, `1.20s` → milliseconds.
+fn parse_wrk_duration_ms(text: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
 }

@@ -743,7 +743,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
 }
 
 /// Counts every request by route pattern, method and status, and times it.
-async fn track_request(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn track_request(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
