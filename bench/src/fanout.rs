@@ -115,6 +115,7 @@ async fn subscriber(
     url: String,
     subscribed: Arc<AtomicUsize>,
     latencies: Arc<Latencies>,
+    mut connecting: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> anyhow::Result<()> {
     let response = http
         .get(&url)
@@ -145,6 +146,7 @@ async fn subscriber(
             match event {
                 "subscribed" => {
                     subscribed.fetch_add(1, Ordering::Relaxed);
+                    connecting.take();
                 }
                 "record" => {
                     if let Ok(sent) = data.parse::<u64>() {
@@ -178,6 +180,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let url = gateway.url(&format!("/v1/channels/{topic}"));
     let latencies = Arc::new(Latencies::new());
 
+    let floor = floor_kib_per_connection(max).await?;
     println!("## Fan-out: SSE subscribers on one gateway\n");
     println!("`{command}`\n");
     println!(
@@ -192,6 +195,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         url.clone(),
         warmed.clone(),
         Arc::new(Latencies::new()),
+        None,
     ));
     while warmed.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -218,14 +222,23 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                 }
                 other => anyhow::bail!("unknown protocol {other:?}: h1 or h2"),
             };
+            // Subscribers connect 64 at a time, as a fleet of clients ramps
+            // up, rather than as one burst whose transient peak would be
+            // measured instead of what holding the connections costs.
+            let connecting = Arc::new(tokio::sync::Semaphore::new(64));
             let tasks: Vec<_> = (0..count)
                 .map(|i| {
-                    tokio::spawn(subscriber(
+                    let permit = connecting.clone();
+                    let (client, url, subscribed, latencies) = (
                         clients[i % clients.len()].clone(),
                         url.clone(),
                         subscribed.clone(),
                         latencies.clone(),
-                    ))
+                    );
+                    tokio::spawn(async move {
+                        let permit = permit.acquire_owned().await.expect("never closed");
+                        subscriber(client, url, subscribed, latencies, Some(permit)).await
+                    })
                 })
                 .collect();
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -292,5 +305,56 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
     }
     warm_up.abort();
+    println!(
+        "\nFloor: a bare axum server holding {max} HTTP/1.1 event streams (`sse-floor`) costs {floor:.1} KiB per connection.\n"
+    );
     Ok(())
+}
+
+/// Resident memory per HTTP/1.1 connection of `sse-floor` holding `count`
+/// streams: what the HTTP stack costs before any Osmosis code runs.
+async fn floor_kib_per_connection(count: usize) -> anyhow::Result<f64> {
+    let mut child = tokio::process::Command::new(osmosis_e2e::process::binary("sse-floor"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting sse-floor")?;
+    let pid = child.id().context("sse-floor pid")?;
+    let stdout = child.stdout.take().context("sse-floor stdout")?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = lines.next_line().await?.context("sse-floor said nothing")?;
+    let addr = serde_json::from_str::<serde_json::Value>(&line)?["addr"]
+        .as_str()
+        .context("sse-floor address")?
+        .to_owned();
+    let idle = rss_kib(pid);
+    let subscribed = Arc::new(AtomicUsize::new(0));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let connecting = Arc::new(tokio::sync::Semaphore::new(64));
+    let latencies = Arc::new(Latencies::new());
+    let tasks: Vec<_> = (0..count)
+        .map(|_| {
+            let (http, url, subscribed, latencies, connecting) = (
+                http.clone(),
+                format!("http://{addr}/"),
+                subscribed.clone(),
+                latencies.clone(),
+                connecting.clone(),
+            );
+            tokio::spawn(async move {
+                let permit = connecting.acquire_owned().await.expect("never closed");
+                subscriber(http, url, subscribed, latencies, Some(permit)).await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while subscribed.load(Ordering::Relaxed) < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = rss_kib(pid);
+    tasks.iter().for_each(|t| t.abort());
+    child.kill().await.ok();
+    Ok(held.saturating_sub(idle) as f64 / count as f64)
 }

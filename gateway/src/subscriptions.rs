@@ -170,7 +170,10 @@ pub struct Subscriptions {
     client_config: ClientConfig,
     buffer: usize,
     metadata_timeout: Duration,
-    feeds: tokio::sync::Mutex<HashMap<String, Arc<Feed>>>,
+    /// Started feeds, looked up on every subscription.
+    feeds: Mutex<HashMap<String, Arc<Feed>>>,
+    /// Serialises starting feeds, so that one topic never gets two.
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl Subscriptions {
@@ -191,14 +194,18 @@ impl Subscriptions {
             client_config,
             buffer,
             metadata_timeout: kafka.metadata_timeout(),
-            feeds: tokio::sync::Mutex::new(HashMap::new()),
+            feeds: Mutex::new(HashMap::new()),
+            starting: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The live feed of `topic`, started from the topic's current end.
     pub async fn feed(&self, topic: &str) -> Result<Arc<Feed>, SubscriptionError> {
-        let mut feeds = self.feeds.lock().await;
-        if let Some(feed) = feeds.get(topic) {
+        if let Some(feed) = self.feeds.lock().unwrap().get(topic) {
+            return Ok(Arc::clone(feed));
+        }
+        let _starting = self.starting.lock().await;
+        if let Some(feed) = self.feeds.lock().unwrap().get(topic) {
             return Ok(Arc::clone(feed));
         }
         let failed = |source| SubscriptionError::Kafka {
@@ -240,7 +247,10 @@ impl Subscriptions {
         });
         tracing::info!(topic, "live feed started");
         tokio::spawn(run_feed(Arc::clone(&feed), consumer));
-        feeds.insert(topic.to_owned(), Arc::clone(&feed));
+        self.feeds
+            .lock()
+            .unwrap()
+            .insert(topic.to_owned(), Arc::clone(&feed));
         Ok(feed)
     }
 
