@@ -89,6 +89,10 @@ impl Latencies {
     }
 }
 
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -130,32 +134,45 @@ async fn subscriber(
     let mut body = response.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
     while let Some(chunk) = body.next().await {
-        pending.extend_from_slice(&chunk?);
-        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
-            let block: Vec<u8> = pending.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&block);
-            let mut event = "";
-            let mut data = "";
-            for line in text.lines() {
-                if let Some(name) = line.strip_prefix("event: ") {
+        let chunk = chunk?;
+        // Events usually arrive one per chunk: parse them in place.
+        let buffer: &[u8] = if pending.is_empty() {
+            &chunk
+        } else {
+            pending.extend_from_slice(&chunk);
+            &pending
+        };
+        let mut consumed = 0;
+        while let Some(end) = find(&buffer[consumed..], b"\n\n") {
+            let block = &buffer[consumed..consumed + end];
+            consumed += end + 2;
+            let mut event: &[u8] = b"";
+            let mut data: &[u8] = b"";
+            for line in block.split(|b| *b == b'\n') {
+                if let Some(name) = line.strip_prefix(b"event: ") {
                     event = name;
-                } else if let Some(value) = line.strip_prefix("data: ") {
+                } else if let Some(value) = line.strip_prefix(b"data: ") {
                     data = value;
                 }
             }
             match event {
-                "subscribed" => {
+                b"subscribed" => {
                     subscribed.fetch_add(1, Ordering::Relaxed);
                     connecting.take();
                 }
-                "record" => {
-                    if let Ok(sent) = data.parse::<u64>() {
+                b"record" => {
+                    if let Some(sent) = std::str::from_utf8(data)
+                        .ok()
+                        .and_then(|d| d.parse::<u64>().ok())
+                    {
                         latencies.record(now_micros().saturating_sub(sent));
                     }
                 }
                 _ => {}
             }
         }
+        let rest = buffer[consumed..].to_vec();
+        pending = rest;
     }
     Ok(())
 }
