@@ -5,9 +5,13 @@
 //! # Layout
 //! - [`policy`]: pure arithmetic from an observation and a spec to a replica
 //!   count, with the numbers that caused it. No I/O, no clock.
+//! - [`estimate`]: from raw Kafka samples (watermarks, committed offsets,
+//!   group state) to observations: lag semantics, rates, capacity, time lag,
+//!   stuck partitions. Also pure.
 //!
 //! Measurement (Kafka admin calls) and actuation (Kubernetes `/scale`, or a
 //! pool of local processes) live apart from the policy and meet it in one
 //! small loop, so each can be tested alone.
 
+pub mod estimate;
 pub mod policy;

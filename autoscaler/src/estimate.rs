@@ -1,0 +1,378 @@
+//! From raw Kafka samples to an [`Observation`]: lag per partition with
+//! explicit semantics, smoothed arrival and processing rates, per-replica
+//! capacity learnt only while the group is busy, time lag by interpolation,
+//! and stuck partitions. Pure: the samples come from [`crate::measure`].
+//!
+//! Lag semantics, per partition (log start `s`, high watermark `h`,
+//! committed offset `c`):
+//! - `c` present: `h − max(c, s)`. An offset below the log start means
+//!   retention deleted messages nobody processed; they cannot be processed
+//!   any more, so they are not backlog (KEDA counts them: kedacore/keda#4910).
+//! - no `c` (nothing ever committed): with `OffsetReset::Earliest` (what the
+//!   Osmosis worker runtime uses) workers will start at `s`, so the backlog
+//!   is `h − s`; with `OffsetReset::Latest` they start at the end: 0
+//!   (KEDA's undefined middle ground: kedacore/keda#2612).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::policy::Observation;
+
+/// Where workers without a committed offset start reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// One partition in one sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionSample {
+    pub partition: i32,
+    pub log_start: i64,
+    pub high_watermark: i64,
+    pub committed: Option<i64>,
+}
+
+/// One poll of the channel and its consumer group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Seconds on the caller's clock.
+    pub at: f64,
+    pub partitions: Vec<PartitionSample>,
+    /// The group is between generations (joining, syncing).
+    pub rebalancing: bool,
+    /// Consumers in the group.
+    pub members: u32,
+}
+
+/// Settings of the estimator.
+#[derive(Clone, Copy, Debug)]
+pub struct EstimatorConfig {
+    pub offset_reset: OffsetReset,
+    /// Weight of the newest rate in the moving averages (0..1].
+    pub smoothing: f64,
+    /// Polls without progress, with lag, after which a partition is stuck.
+    pub stuck_after_polls: u32,
+}
+
+impl Default for EstimatorConfig {
+    fn default() -> Self {
+        Self {
+            offset_reset: OffsetReset::Earliest,
+            smoothing: 0.5,
+            stuck_after_polls: 12,
+        }
+    }
+}
+
+/// What the estimator remembers about a partition.
+#[derive(Clone, Debug, Default)]
+struct PartitionHistory {
+    /// (time, high watermark) points, oldest first, for time lag.
+    arrivals: VecDeque<(f64, i64)>,
+    last_committed: Option<i64>,
+    polls_without_progress: u32,
+}
+
+/// Turns successive samples into observations.
+#[derive(Clone, Debug)]
+pub struct Estimator {
+    config: EstimatorConfig,
+    previous: Option<Sample>,
+    partitions: BTreeMap<i32, PartitionHistory>,
+    arrival_rate: Option<f64>,
+    processing_rate: Option<f64>,
+    per_replica_rate: Option<f64>,
+}
+
+/// Arrival points kept per partition (at a 5 s poll, an hour).
+const HISTORY: usize = 720;
+
+impl Estimator {
+    pub fn new(config: EstimatorConfig) -> Self {
+        Self {
+            config,
+            previous: None,
+            partitions: BTreeMap::new(),
+            arrival_rate: None,
+            processing_rate: None,
+            per_replica_rate: None,
+        }
+    }
+
+    /// The effective position of a partition's consumers.
+    fn position(&self, p: &PartitionSample) -> i64 {
+        match (p.committed, self.config.offset_reset) {
+            (Some(committed), _) => committed.max(p.log_start),
+            (None, OffsetReset::Earliest) => p.log_start,
+            (None, OffsetReset::Latest) => p.high_watermark,
+        }
+    }
+
+    /// The observation after `sample`.
+    pub fn observe(&mut self, sample: Sample) -> Observation {
+        let mut lag = 0u64;
+        let mut stuck_lag = 0u64;
+        let mut oldest_age = 0.0f64;
+        for p in &sample.partitions {
+            let position = self.position(p);
+            let partition_lag = (p.high_watermark - position).max(0) as u64;
+            let stuck_after = self.config.stuck_after_polls;
+            let history = self.partitions.entry(p.partition).or_default();
+            history.arrivals.push_back((sample.at, p.high_watermark));
+            while history.arrivals.len() > HISTORY {
+                history.arrivals.pop_front();
+            }
+            let progressed = history.last_committed != Some(position);
+            history.polls_without_progress = if progressed || partition_lag == 0 {
+                0
+            } else {
+                history.polls_without_progress + 1
+            };
+            history.last_committed = Some(position);
+            let stuck = sample.members > 0 && history.polls_without_progress >= stuck_after;
+            if stuck {
+                stuck_lag += partition_lag;
+                continue;
+            }
+            lag += partition_lag;
+            if partition_lag > 0 {
+                let arrived = arrival_time(&history.arrivals, position);
+                oldest_age = oldest_age.max(sample.at - arrived);
+            }
+        }
+
+        if let Some(previous) = &self.previous {
+            let elapsed = sample.at - previous.at;
+            if elapsed > 0.0 {
+                let sum = |s: &Sample, f: &dyn Fn(&PartitionSample) -> i64| -> i64 {
+                    s.partitions.iter().map(f).sum()
+                };
+                let arrived =
+                    sum(&sample, &|p| p.high_watermark) - sum(previous, &|p| p.high_watermark);
+                let processed =
+                    sum(&sample, &|p| self.position(p)) - sum(previous, &|p| self.position(p));
+                let arrival = arrived.max(0) as f64 / elapsed;
+                let processing = processed.max(0) as f64 / elapsed;
+                self.arrival_rate = Some(smooth(self.arrival_rate, arrival, self.config.smoothing));
+                self.processing_rate = Some(smooth(
+                    self.processing_rate,
+                    processing,
+                    self.config.smoothing,
+                ));
+                // Capacity shows only while there is more work than workers
+                // do: learn it from busy, stable intervals, remember it otherwise.
+                let previous_lag: i64 = previous
+                    .partitions
+                    .iter()
+                    .map(|p| p.high_watermark - self.position(p))
+                    .sum();
+                let busy =
+                    lag > 0 && previous_lag > 0 && !sample.rebalancing && !previous.rebalancing;
+                if busy && sample.members > 0 && processing > 0.0 {
+                    let per_replica = processing / f64::from(sample.members);
+                    self.per_replica_rate = Some(smooth(
+                        self.per_replica_rate,
+                        per_replica,
+                        self.config.smoothing,
+                    ));
+                }
+            }
+        }
+        let observation = Observation {
+            lag,
+            stuck_lag,
+            arrival_rate: self.arrival_rate.unwrap_or(0.0),
+            per_replica_rate: self.per_replica_rate,
+            time_lag_seconds: oldest_age,
+            partitions: sample.partitions.len() as u32,
+            rebalancing: sample.rebalancing,
+        };
+        self.previous = Some(sample);
+        observation
+    }
+
+    /// Messages processed per second, smoothed.
+    pub fn processing_rate(&self) -> f64 {
+        self.processing_rate.unwrap_or(0.0)
+    }
+
+    /// Partitions reported stuck at the last observation.
+    pub fn stuck_partitions(&self) -> Vec<i32> {
+        self.partitions
+            .iter()
+            .filter(|(_, h)| h.polls_without_progress >= self.config.stuck_after_polls)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+fn smooth(previous: Option<f64>, newest: f64, weight: f64) -> f64 {
+    match previous {
+        Some(previous) => previous + weight * (newest - previous),
+        None => newest,
+    }
+}
+
+/// When the message at `offset` arrived: the time the high watermark passed
+/// it, interpolated between recorded points (no message is read).
+fn arrival_time(points: &VecDeque<(f64, i64)>, offset: i64) -> f64 {
+    let target = offset + 1;
+    let mut before: Option<(f64, i64)> = None;
+    for &(at, high) in points {
+        if high >= target {
+            return match before {
+                Some((t0, h0)) if high > h0 => {
+                    t0 + (at - t0) * (target - h0) as f64 / (high - h0) as f64
+                }
+                Some((t0, _)) => t0,
+                // Older than our history: as old as the history goes.
+                None => at,
+            };
+        }
+        before = Some((at, high));
+    }
+    before.map_or(0.0, |(at, _)| at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(
+        partition: i32,
+        log_start: i64,
+        high: i64,
+        committed: Option<i64>,
+    ) -> PartitionSample {
+        PartitionSample {
+            partition,
+            log_start,
+            high_watermark: high,
+            committed,
+        }
+    }
+
+    fn sample(at: f64, members: u32, partitions: Vec<PartitionSample>) -> Sample {
+        Sample {
+            at,
+            partitions,
+            rebalancing: false,
+            members,
+        }
+    }
+
+    #[test]
+    fn lag_is_counted_from_the_committed_offset() {
+        let mut estimator = Estimator::new(EstimatorConfig::default());
+        let observation = estimator.observe(sample(
+            0.0,
+            1,
+            vec![
+                partition(0, 0, 100, Some(40)),
+                partition(1, 0, 10, Some(10)),
+            ],
+        ));
+        assert_eq!(observation.lag, 60);
+        assert_eq!(observation.partitions, 2);
+    }
+
+    #[test]
+    fn without_a_committed_offset_the_reset_policy_decides() {
+        let uncommitted = vec![partition(0, 20, 100, None)];
+        let mut earliest = Estimator::new(EstimatorConfig::default());
+        assert_eq!(
+            earliest.observe(sample(0.0, 0, uncommitted.clone())).lag,
+            80
+        );
+        let mut latest = Estimator::new(EstimatorConfig {
+            offset_reset: OffsetReset::Latest,
+            ..EstimatorConfig::default()
+        });
+        assert_eq!(latest.observe(sample(0.0, 0, uncommitted)).lag, 0);
+    }
+
+    #[test]
+    fn messages_deleted_by_retention_are_not_backlog() {
+        let mut estimator = Estimator::new(EstimatorConfig::default());
+        let observation =
+            estimator.observe(sample(0.0, 1, vec![partition(0, 500, 600, Some(100))]));
+        assert_eq!(observation.lag, 100, "only what still exists: 600 − 500");
+    }
+
+    #[test]
+    fn rates_come_from_watermark_and_commit_movement() {
+        let mut estimator = Estimator::new(EstimatorConfig {
+            smoothing: 1.0,
+            ..EstimatorConfig::default()
+        });
+        estimator.observe(sample(0.0, 2, vec![partition(0, 0, 1000, Some(0))]));
+        let observation =
+            estimator.observe(sample(10.0, 2, vec![partition(0, 0, 2000, Some(400))]));
+        assert_eq!(observation.arrival_rate, 100.0);
+        assert_eq!(estimator.processing_rate(), 40.0);
+        assert_eq!(
+            observation.per_replica_rate,
+            Some(20.0),
+            "busy: 40/s over 2 members"
+        );
+        // Drained to zero within an interval: the workers may have idled
+        // part of it, so the rate is no measure of capacity; it is kept.
+        let observation =
+            estimator.observe(sample(20.0, 2, vec![partition(0, 0, 2000, Some(2000))]));
+        assert_eq!(observation.lag, 0);
+        assert_eq!(observation.per_replica_rate, Some(20.0));
+        let observation =
+            estimator.observe(sample(30.0, 2, vec![partition(0, 0, 2000, Some(2000))]));
+        assert_eq!(
+            observation.per_replica_rate,
+            Some(20.0),
+            "idle: remembered, not diluted"
+        );
+        assert_eq!(observation.arrival_rate, 0.0);
+    }
+
+    #[test]
+    fn time_lag_interpolates_when_the_oldest_message_arrived() {
+        let mut estimator = Estimator::new(EstimatorConfig::default());
+        estimator.observe(sample(0.0, 1, vec![partition(0, 0, 0, Some(0))]));
+        estimator.observe(sample(10.0, 1, vec![partition(0, 0, 100, Some(0))]));
+        let observation = estimator.observe(sample(20.0, 1, vec![partition(0, 0, 100, Some(50))]));
+        // Offset 50 arrived when the watermark passed 51: at 5.1 s.
+        assert!(
+            (observation.time_lag_seconds - 14.9).abs() < 1e-9,
+            "{}",
+            observation.time_lag_seconds
+        );
+    }
+
+    #[test]
+    fn a_partition_without_progress_becomes_stuck_and_leaves_the_lag() {
+        let mut estimator = Estimator::new(EstimatorConfig {
+            stuck_after_polls: 3,
+            ..EstimatorConfig::default()
+        });
+        let mut observation = None;
+        for poll in 0..5 {
+            let at = f64::from(poll);
+            observation = Some(estimator.observe(sample(
+                at,
+                1,
+                vec![
+                    partition(0, 0, 100, Some(10)),
+                    partition(
+                        1,
+                        0,
+                        100 + i64::from(poll) * 10,
+                        Some(100 + i64::from(poll) * 10 - 5),
+                    ),
+                ],
+            )));
+        }
+        let observation = observation.unwrap();
+        assert_eq!(estimator.stuck_partitions(), [0]);
+        assert_eq!(observation.stuck_lag, 90);
+        assert_eq!(observation.lag, 5);
+    }
+}
