@@ -63,7 +63,7 @@ build_apiserver() {
       while read -r module; do
         go mod edit -replace "$module=$module@v0.${KUBE_VERSION#1.}"
       done
-    go get "k8s.io/kubernetes@v$KUBE_VERSION"
+    go get "k8s.io/kubernetes/cmd/kube-apiserver@v$KUBE_VERSION"
     local pkg=k8s.io/component-base/version
     CGO_ENABLED=0 go build -trimpath \
       -ldflags "-X $pkg.gitVersion=v$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor" \

@@ -8,10 +8,16 @@
 //! - [`estimate`]: from raw Kafka samples (watermarks, committed offsets,
 //!   group state) to observations: lag semantics, rates, capacity, time lag,
 //!   stuck partitions. Also pure.
+//! - [`measure`]: the Kafka admin calls that produce those samples.
+//! - [`local`]: actuation without a cluster, a pool of worker processes;
+//!   [`local_loop`] ties measurement, policy and the pool together.
 //!
 //! Measurement (Kafka admin calls) and actuation (Kubernetes `/scale`, or a
 //! pool of local processes) live apart from the policy and meet it in one
 //! small loop, so each can be tested alone.
 
 pub mod estimate;
+pub mod local;
+pub mod local_loop;
+pub mod measure;
 pub mod policy;

@@ -1,0 +1,111 @@
+//! Actuation without a cluster: a pool of local worker processes started
+//! from a command template and stopped with SIGTERM, so that they drain
+//! (finish in-flight messages, commit, leave the group) before exiting.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+/// A started worker process.
+struct Replica {
+    id: u64,
+    child: Child,
+}
+
+/// Local worker processes of one channel.
+pub struct ProcessPool {
+    program: String,
+    args: Vec<String>,
+    replicas: Vec<Replica>,
+    /// Replicas told to stop that have not exited yet.
+    draining: Vec<Replica>,
+    next_id: u64,
+    drain_timeout: Duration,
+}
+
+impl ProcessPool {
+    /// `command` is the program and its arguments; `{replica}` in an
+    /// argument is replaced by the replica's number.
+    pub fn new(command: Vec<String>, drain_timeout: Duration) -> Self {
+        let mut parts = command.into_iter();
+        Self {
+            program: parts.next().unwrap_or_default(),
+            args: parts.collect(),
+            replicas: Vec::new(),
+            draining: Vec::new(),
+            next_id: 0,
+            drain_timeout,
+        }
+    }
+
+    /// Replicas running (draining ones excluded).
+    pub fn replicas(&mut self) -> u32 {
+        self.reap();
+        self.replicas.len() as u32
+    }
+
+    /// Starts or stops processes until `target` run; the newest stop first.
+    pub fn scale_to(&mut self, target: u32) -> std::io::Result<()> {
+        self.reap();
+        while (self.replicas.len() as u32) < target {
+            let id = self.next_id;
+            self.next_id += 1;
+            let args: Vec<String> = self
+                .args
+                .iter()
+                .map(|a| a.replace("{replica}", &id.to_string()))
+                .collect();
+            let child = Command::new(&self.program)
+                .args(&args)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            tracing::info!(replica = id, pid = child.id(), "started worker");
+            self.replicas.push(Replica { id, child });
+        }
+        while self.replicas.len() as u32 > target {
+            let replica = self.replicas.pop().expect("more than target");
+            if let Some(pid) = replica.child.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            }
+            tracing::info!(replica = replica.id, "stopping worker (SIGTERM: it drains)");
+            self.draining.push(replica);
+        }
+        Ok(())
+    }
+
+    /// Forgets replicas that exited, logging how.
+    fn reap(&mut self) {
+        for list in [&mut self.replicas, &mut self.draining] {
+            list.retain_mut(|replica| match replica.child.try_wait() {
+                Ok(Some(status)) => {
+                    tracing::info!(replica = replica.id, %status, "worker exited");
+                    false
+                }
+                _ => true,
+            });
+        }
+    }
+
+    /// Stops every replica and waits for them to drain (then kills the rest).
+    pub async fn shutdown(&mut self) {
+        self.scale_to(0).ok();
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        for replica in &mut self.draining {
+            if tokio::time::timeout_at(deadline, replica.child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    replica = replica.id,
+                    "worker did not drain in time; killing it"
+                );
+                let _ = replica.child.kill().await;
+            }
+        }
+        self.reap();
+    }
+}

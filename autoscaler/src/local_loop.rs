@@ -1,0 +1,91 @@
+//! The control loop for the local target: measure, estimate, decide, scale
+//! a [`ProcessPool`], and say why. The same policy and estimator as the
+//! Kubernetes controller; only the actuation differs.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use crate::estimate::{Estimator, EstimatorConfig};
+use crate::local::ProcessPool;
+use crate::measure::{MeasureError, Probe};
+use crate::policy::{self, PolicyState, ScalerSpec};
+
+/// What the local loop needs.
+pub struct LocalConfig {
+    pub brokers: String,
+    pub kafka_properties: Vec<(String, String)>,
+    pub topic: String,
+    pub group: String,
+    pub spec: ScalerSpec,
+    pub estimator: EstimatorConfig,
+    pub poll_interval: Duration,
+    /// Worker command; `{replica}` is replaced by the replica's number.
+    pub command: Vec<String>,
+    pub drain_timeout: Duration,
+}
+
+/// Runs until `shutdown` resolves, then drains every worker.
+pub async fn run(
+    config: LocalConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MeasureError> {
+    let probe = std::sync::Arc::new(Probe::new(
+        &config.brokers,
+        &config.kafka_properties,
+        &config.topic,
+        &config.group,
+    )?);
+    let mut estimator = Estimator::new(config.estimator);
+    let mut state = PolicyState::default();
+    let mut pool = ProcessPool::new(config.command.clone(), config.drain_timeout);
+    if let Err(error) = pool.scale_to(config.spec.min_replicas) {
+        tracing::error!(%error, "cannot start workers");
+    }
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(config.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        let now = started.elapsed().as_secs_f64();
+        let sampling = std::sync::Arc::clone(&probe);
+        let sample = tokio::task::spawn_blocking(move || sampling.sample(now))
+            .await
+            .expect("measurement task panicked");
+        let observation = match sample {
+            Ok(sample) => Some(estimator.observe(sample)),
+            Err(error) => {
+                tracing::warn!(%error, "measurement failed; holding");
+                None
+            }
+        };
+        let current = pool.replicas();
+        let decision = policy::decide(&config.spec, observation.as_ref(), &mut state, current, now);
+        if let Some(observation) = &observation {
+            tracing::debug!(
+                lag = observation.lag,
+                arrival_rate = observation.arrival_rate,
+                current,
+                "observed"
+            );
+        }
+        if decision.replicas != current {
+            tracing::info!(
+                from = current,
+                to = decision.replicas,
+                reason = %decision.reason,
+                limited_by = ?decision.limited_by.map(|l| l.to_string()),
+                "scaling"
+            );
+            if let Err(error) = pool.scale_to(decision.replicas) {
+                tracing::error!(%error, "cannot start workers");
+            }
+        }
+    }
+    tracing::info!("stopping: draining every worker");
+    pool.shutdown().await;
+    Ok(())
+}
