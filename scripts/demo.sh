@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo, in the foreground: Kafka on 127.0.0.1:9092, the gateway on
-# 127.0.0.1:8080 with config/demo.yaml and an echo worker behind
-# POST /demo/echo. Ctrl-C stops everything it started.
+# 127.0.0.1:8080 with config/demo.yaml, an echo worker behind POST /demo/echo,
+# and the autoscaler scaling `slow` workers behind POST /demo/work (it prints
+# every scaling decision). Ctrl-C stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ export KAFKA_PORT=9092
 started_kafka=false
 gateway_pid=
 worker_pid=
+autoscaler_pid=
 
 stop() {
   local pid=$1
@@ -20,6 +22,7 @@ stop() {
 
 cleanup() {
   trap - EXIT INT TERM
+  stop "$autoscaler_pid"
   stop "$worker_pid"
   stop "$gateway_pid"
   if $started_kafka; then
@@ -31,7 +34,7 @@ trap cleanup EXIT
 trap 'exit 0' INT TERM
 
 echo "demo: building the gateway and the example workers"
-cargo build --bin osmosis-gateway --examples
+cargo build --bin osmosis-gateway --bin osmosis-autoscaler --examples
 
 if ! scripts/kafka.sh status; then
   scripts/kafka.sh up
@@ -50,6 +53,11 @@ done
 
 target/debug/examples/echo --brokers 127.0.0.1:9092 --channel demo.echo &
 worker_pid=$!
+target/debug/osmosis-autoscaler local --brokers 127.0.0.1:9092 --topic demo.work \
+  --min-replicas 0 --max-replicas 6 --lag-per-replica 10 --idle-seconds 20 \
+  --scale-down-stabilization-seconds 15 --poll-interval-ms 1000 -- \
+  target/debug/examples/slow --brokers 127.0.0.1:9092 --channel demo.work --work-ms 500 &
+autoscaler_pid=$!
 
 cat <<'MSG'
 
@@ -68,7 +76,11 @@ cat <<'MSG'
     curl -i http://127.0.0.1:8080/v1/requests/<id from the 202>
     curl -s http://127.0.0.1:8080/metrics | grep osmosis_gateway_requests_total
 
+  Watch the autoscaler scale slow workers up on a burst, and down after it:
+
+    for i in $(seq 100); do curl -s -o /dev/null -X POST http://127.0.0.1:8080/demo/work -H 'Prefer: respond-async' -d "job $i"; done
+
   Ctrl-C stops the worker, the gateway and the Kafka broker the demo started.
 
 MSG
-wait -n "$gateway_pid" "$worker_pid"
+wait -n "$gateway_pid" "$worker_pid" "$autoscaler_pid"
