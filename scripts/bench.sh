@@ -28,12 +28,16 @@ fi
 cargo build --release --workspace --bins
 scripts/kafka.sh up
 if [ $# -eq 0 ]; then
+  target/release/osmosis-bench autoscale
+  echo
   target/release/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT"
   echo
   # One gateway per protocol, so that neither run's memory colours the other's.
   target/release/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1
   echo
   target/release/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h2
+elif [ "$1" = autoscale ]; then
+  target/release/osmosis-bench "$@"
 else
   bench=$1
   shift

@@ -54,6 +54,9 @@ pub struct EstimatorConfig {
     pub smoothing: f64,
     /// Polls without progress, with lag, after which a partition is stuck.
     pub stuck_after_polls: u32,
+    /// Backlog per group member above which the members count as busy: a
+    /// rate measured while they keep up is their load, not their capacity.
+    pub busy_lag_per_member: u64,
 }
 
 impl Default for EstimatorConfig {
@@ -62,6 +65,7 @@ impl Default for EstimatorConfig {
             offset_reset: OffsetReset::Earliest,
             smoothing: 0.5,
             stuck_after_polls: 12,
+            busy_lag_per_member: 10,
         }
     }
 }
@@ -162,21 +166,28 @@ impl Estimator {
                     self.config.smoothing,
                 ));
                 // Capacity shows only while there is more work than workers
-                // do: learn it from busy, stable intervals, remember it otherwise.
+                // do: learn it from busy, stable intervals, remember it
+                // otherwise. While the backlog shrinks, some workers may
+                // already be idle, so such a rate only bounds it from below.
                 let previous_lag: i64 = previous
                     .partitions
                     .iter()
                     .map(|p| p.high_watermark - self.position(p))
                     .sum();
-                let busy =
-                    lag > 0 && previous_lag > 0 && !sample.rebalancing && !previous.rebalancing;
+                let busy_floor = i64::from(sample.members.max(1))
+                    * self.config.busy_lag_per_member.max(1) as i64;
+                let busy = lag as i64 >= busy_floor
+                    && previous_lag >= busy_floor
+                    && !sample.rebalancing
+                    && !previous.rebalancing;
                 if busy && sample.members > 0 && processing > 0.0 {
                     let per_replica = processing / f64::from(sample.members);
-                    self.per_replica_rate = Some(smooth(
-                        self.per_replica_rate,
-                        per_replica,
-                        self.config.smoothing,
-                    ));
+                    self.per_replica_rate = Some(if lag as i64 >= previous_lag {
+                        smooth(self.per_replica_rate, per_replica, self.config.smoothing)
+                    } else {
+                        self.per_replica_rate
+                            .map_or(per_replica, |known| known.max(per_replica))
+                    });
                 }
             }
         }

@@ -66,6 +66,10 @@ pub struct ScalerSpec {
     pub activation_lag: u64,
     /// Time in which the backlog should be drained.
     pub target_drain_seconds: f64,
+    /// Share of a replica's measured capacity the gradient plans to use:
+    /// headroom, so that a replica count exactly at capacity does not flap
+    /// on every rebalance pause.
+    pub target_utilization: f64,
     /// Scale up while the oldest unprocessed message is older than this.
     pub max_time_lag_seconds: Option<f64>,
     /// Without lag and arrivals for this long, go down to `min_replicas`
@@ -85,6 +89,7 @@ impl Default for ScalerSpec {
             lag_per_replica: 100,
             activation_lag: 0,
             target_drain_seconds: 30.0,
+            target_utilization: 0.9,
             max_time_lag_seconds: None,
             idle_seconds: 60.0,
             allow_more_replicas_than_partitions: false,
@@ -213,7 +218,8 @@ pub fn decide(
     let gradient = match observation.per_replica_rate {
         Some(rate) if rate > 0.0 => {
             let needed = observation.arrival_rate + lag as f64 / spec.target_drain_seconds.max(1.0);
-            (needed / rate).ceil() as u32
+            let usable = rate * spec.target_utilization.clamp(0.1, 1.0);
+            (needed / usable).ceil() as u32
         }
         _ => 0,
     };
@@ -253,7 +259,8 @@ pub fn decide(
     if active {
         state.last_active = Some(now);
     }
-    let idle_for = state.last_active.map_or(f64::INFINITY, |t| now - t);
+    // The idle countdown starts with the first decision, not before it.
+    let idle_for = now - *state.last_active.get_or_insert(now);
     let mut limited_by = None;
     if current == 0 && lag <= spec.activation_lag {
         // Not activated: stay at zero unless the minimum says otherwise.
@@ -496,6 +503,7 @@ mod tests {
         };
         let spec = ScalerSpec {
             target_drain_seconds: 30.0,
+            target_utilization: 1.0,
             allow_more_replicas_than_partitions: true,
             ..spec()
         };
@@ -507,6 +515,12 @@ mod tests {
             "{}",
             decision.reason
         );
+        // Planning 90 % of the capacity: 200 / 45 → 5.
+        let headroom = ScalerSpec {
+            target_utilization: 0.9,
+            ..spec
+        };
+        assert_eq!(once(&headroom, &observation, 1).replicas, 5);
     }
 
     #[test]

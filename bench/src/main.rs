@@ -4,7 +4,10 @@
 //! - `ingest`: the gateway's publish path against a raw rdkafka producer.
 //! - `fanout`: channel subscriptions: thousands of SSE subscribers on one
 //!   gateway, delivery latency and memory per connection.
+//! - `autoscale`: the scaling policy against KEDA + HPA and a CPU HPA in a
+//!   deterministic simulation (no broker needed).
 
+mod autoscale;
 mod fanout;
 mod ingest;
 
@@ -23,6 +26,8 @@ enum Bench {
     Ingest(ingest::IngestArgs),
     /// Fan-out to SSE subscribers: latency, delivery rate, memory per connection.
     Fanout(fanout::FanoutArgs),
+    /// Autoscaling policy simulation against KEDA + HPA and a CPU HPA.
+    Autoscale(autoscale::AutoscaleArgs),
 }
 
 #[tokio::main]
@@ -30,5 +35,6 @@ async fn main() -> anyhow::Result<()> {
     match Args::parse().bench {
         Bench::Ingest(args) => ingest::run(args).await,
         Bench::Fanout(args) => fanout::run(args).await,
+        Bench::Autoscale(args) => autoscale::run(args),
     }
 }

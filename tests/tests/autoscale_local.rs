@@ -102,7 +102,10 @@ async fn a_burst_scales_local_workers_up_and_idle_scales_them_down() {
     let down = autoscaler.wait_for_log_where("scaling", Duration::from_secs(60), |line| {
         line["to"].as_u64() < line["from"].as_u64()
     });
-    assert!(down["to"].as_u64().unwrap() >= 1, "never below --min-replicas");
+    assert!(
+        down["to"].as_u64().unwrap() >= 1,
+        "never below --min-replicas"
+    );
     autoscaler.wait_for_log_where("worker exited", Duration::from_secs(60), |line| {
         line["status"].as_str() == Some("exit status: 0")
     });
