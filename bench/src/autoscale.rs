@@ -285,7 +285,7 @@ struct Osmosis {
 
 impl Scaler for Osmosis {
     fn tick(&mut self, t: u32, world: &World) -> u32 {
-        if t % self.poll == 0 {
+        if t.is_multiple_of(self.poll) {
             let observation = self.estimator.observe(world.sample(t));
             let decision = policy::decide(
                 &self.spec,
@@ -353,7 +353,7 @@ struct Keda {
 
 impl Scaler for Keda {
     fn tick(&mut self, t: u32, world: &World) -> u32 {
-        if t % 30 == 0 {
+        if t.is_multiple_of(30) {
             self.metric = world.lag();
             if self.metric > 0.0 {
                 self.last_active = t;
@@ -362,16 +362,16 @@ impl Scaler for Keda {
         let current = world.requested();
         if current == 0 {
             // KEDA itself activates 0 → 1 at a poll with lag.
-            if t % 30 == 0 && self.metric > 0.0 {
+            if t.is_multiple_of(30) && self.metric > 0.0 {
                 self.hpa.desired = 1;
             }
             return self.hpa.desired;
         }
-        if t % 30 == 0 && t - self.last_active >= self.cooldown {
+        if t.is_multiple_of(30) && t - self.last_active >= self.cooldown {
             self.hpa.desired = 0;
             return 0;
         }
-        if t % 15 == 0 {
+        if t.is_multiple_of(15) {
             let per_replica = self.metric / f64::from(current);
             self.hpa.sync(t, current, per_replica / self.lag_threshold);
         }
@@ -387,7 +387,7 @@ struct CpuHpa {
 
 impl Scaler for CpuHpa {
     fn tick(&mut self, t: u32, world: &World) -> u32 {
-        if t % 15 == 0 && world.active > 0 {
+        if t.is_multiple_of(15) && world.active > 0 {
             let demand = if world.lag() > 1.0 {
                 f64::from(world.active) * self.replica_rate
             } else {
