@@ -3,6 +3,7 @@
 //! a channel and the workers draining it — instead of CPU.
 //!
 //! # Layout
+//! - [`crd`]: the `ChannelScaler` custom resource, with CEL validation rules.
 //! - [`policy`]: pure arithmetic from an observation and a spec to a replica
 //!   count, with the numbers that caused it. No I/O, no clock.
 //! - [`estimate`]: from raw Kafka samples (watermarks, committed offsets,
@@ -16,6 +17,7 @@
 //! pool of local processes) live apart from the policy and meet it in one
 //! small loop, so each can be tested alone.
 
+pub mod crd;
 pub mod estimate;
 pub mod local;
 pub mod local_loop;
