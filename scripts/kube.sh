@@ -91,13 +91,15 @@ certificates() {
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=osmosis-test-ca" \
       -keyout ca.key -out ca.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout serving.key -out serving.csr 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >serving.ext
+    # X.509 v3 with key usages: rustls refuses v1 certificates.
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n' >serving.ext
+    printf 'extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n' >client.ext
     openssl x509 -req -in serving.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
       -extfile serving.ext -out serving.crt 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=default" \
       -keyout admin.key -out admin.csr 2>/dev/null
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
-      -out admin.crt 2>/dev/null
+      -extfile client.ext -out admin.crt 2>/dev/null
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole suite: formatting, lints, unit tests and end-to-end tests against
-# a real Kafka broker that this script starts on a free loopback port and
-# stops on exit, whatever the outcome.
+# a real Kafka broker and a real kube-apiserver (with etcd) that this script
+# starts on free loopback ports and stops on exit, whatever the outcome.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,8 @@ free_port() {
 KAFKA_PORT=$(free_port)
 KAFKA_CTRL_PORT=$(free_port)
 KAFKA_STATE_DIR=$(mktemp -d -t osmosis-test-kafka.XXXXXX)
-export KAFKA_PORT KAFKA_CTRL_PORT KAFKA_STATE_DIR
+KUBE_STATE_DIR=$(mktemp -d -t osmosis-test-kube.XXXXXX)
+export KAFKA_PORT KAFKA_CTRL_PORT KAFKA_STATE_DIR KUBE_STATE_DIR
 
 cleanup() {
   local status=$?
@@ -21,7 +22,8 @@ cleanup() {
     tail -n 50 "$KAFKA_STATE_DIR/logs/server.log" >&2 2>/dev/null || true
   fi
   scripts/kafka.sh down || true
-  rm -rf "$KAFKA_STATE_DIR"
+  scripts/kube.sh down || true
+  rm -rf "$KAFKA_STATE_DIR" "$KUBE_STATE_DIR"
   exit $status
 }
 trap cleanup EXIT
@@ -37,5 +39,10 @@ cargo build --workspace --bins --examples --locked
 echo "==> Kafka"
 scripts/kafka.sh up
 
+echo "==> Kubernetes API (etcd + kube-apiserver)"
+scripts/kube.sh up
+
 echo "==> tests"
-OSMOSIS_TEST_KAFKA="127.0.0.1:$KAFKA_PORT" RUST_BACKTRACE=0 cargo test --workspace --locked
+OSMOSIS_TEST_KAFKA="127.0.0.1:$KAFKA_PORT" \
+  OSMOSIS_TEST_KUBECONFIG="$KUBE_STATE_DIR/kubeconfig" \
+  RUST_BACKTRACE=0 cargo test --workspace --locked

@@ -8,11 +8,13 @@
 //! - [`process`]: the gateway and worker binaries as child processes whose
 //!   logs are kept and printed when a test fails.
 //! - [`sse`]: reading event streams with a real SSE parser.
+//! - [`kube`]: the test Kubernetes API server (from `OSMOSIS_TEST_KUBECONFIG`).
 //!
 //! Nothing here skips: when Kafka or a binary is missing, the test fails with
 //! a message that says how to provide it.
 
 pub mod kafka;
+pub mod kube;
 pub mod process;
 pub mod sse;
 
