@@ -63,6 +63,10 @@ pub struct ChannelScalerSpec {
     #[serde(default = "default_idle_seconds")]
     #[x_kube(validation = Rule::new("self >= 0").message("idleSeconds must not be negative"))]
     pub idle_seconds: i64,
+    /// Scale-down waits until no higher recommendation was made for this long.
+    #[serde(default = "default_scale_down_stabilization_seconds")]
+    #[x_kube(validation = Rule::new("self >= 0").message("scaleDownStabilizationSeconds must not be negative"))]
+    pub scale_down_stabilization_seconds: i64,
     /// Seconds between measurements.
     #[serde(default = "default_poll_interval_seconds")]
     #[x_kube(validation = Rule::new("self >= 1").message("pollIntervalSeconds must be at least 1"))]
@@ -165,6 +169,9 @@ fn default_target_drain_seconds() -> i64 {
 }
 fn default_idle_seconds() -> i64 {
     300
+}
+fn default_scale_down_stabilization_seconds() -> i64 {
+    60
 }
 fn default_poll_interval_seconds() -> i64 {
     5

@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - [`crd`]: the `ChannelScaler` custom resource, with CEL validation rules.
+//! - [`controller`]: the kube-runtime controller: measure, decide, patch
+//!   `/scale`, write status (server-side apply), record Events.
 //! - [`policy`]: pure arithmetic from an observation and a spec to a replica
 //!   count, with the numbers that caused it. No I/O, no clock.
 //! - [`estimate`]: from raw Kafka samples (watermarks, committed offsets,
@@ -17,6 +19,7 @@
 //! pool of local processes) live apart from the policy and meet it in one
 //! small loop, so each can be tested alone.
 
+pub mod controller;
 pub mod crd;
 pub mod estimate;
 pub mod local;

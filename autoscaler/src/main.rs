@@ -28,6 +28,9 @@ struct Cli {
 enum Command {
     /// Scale a pool of local worker processes (no Kubernetes).
     Local(LocalArgs),
+    /// Run the Kubernetes controller for `ChannelScaler` resources
+    /// (in-cluster configuration, or KUBECONFIG).
+    Controller,
 }
 
 #[derive(Args)]
@@ -98,6 +101,21 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format == "json");
     match cli.command {
+        Command::Controller => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+            // The controller wants a Sync trigger: a signal future is not one.
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop.send(());
+            });
+            osmosis_autoscaler::controller::run(client, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        }
         Command::Local(args) => {
             let spec = ScalerSpec {
                 min_replicas: args.min_replicas,

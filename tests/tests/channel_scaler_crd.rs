@@ -30,6 +30,7 @@ fn spec() -> ChannelScalerSpec {
         target_drain_seconds: 30,
         max_time_lag_seconds: None,
         idle_seconds: 300,
+        scale_down_stabilization_seconds: 60,
         poll_interval_seconds: 5,
         paused: false,
     }

@@ -1,0 +1,289 @@
+//! The Kubernetes controller: for every `ChannelScaler`, measure the channel
+//! each poll, run the policy, patch the target's `/scale` subresource, write
+//! the status with server-side apply under one field manager, and record a
+//! Kubernetes Event with the numbers behind every scaling decision.
+//!
+//! Per-scaler memory (the Kafka probe, the estimator, the policy's windows)
+//! lives in the controller's context, keyed by the scaler and rebuilt when
+//! its Kafka settings change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{ChannelScaler, ChannelScalerStatus, Condition};
+use crate::estimate::{Estimator, EstimatorConfig};
+use crate::measure::Probe;
+use crate::policy::{self, Behavior, PolicyState, RatePolicy, ScalerSpec, Select};
+
+/// The field manager of everything the controller writes.
+pub const MANAGER: &str = "osmosis-autoscaler";
+
+/// Why a reconcile failed; requeued after a short delay.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the scale target {0} is not a known resource with a /scale subresource")]
+    UnknownTarget(String),
+    #[error("Kafka client: {0}")]
+    Kafka(#[from] crate::measure::MeasureError),
+}
+
+/// What the controller keeps per scaler between reconciles.
+struct ScalerMemory {
+    /// Brokers, topic and group the probe was built for.
+    kafka_key: (String, String, String),
+    probe: Arc<Probe>,
+    estimator: Estimator,
+    policy: PolicyState,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    started: Instant,
+    scalers: Mutex<HashMap<String, ScalerMemory>>,
+}
+
+/// The policy's spec from the resource's spec.
+pub fn policy_spec(scaler: &ChannelScaler) -> ScalerSpec {
+    let spec = &scaler.spec;
+    ScalerSpec {
+        min_replicas: spec.min_replicas.max(0) as u32,
+        max_replicas: spec.max_replicas.max(0) as u32,
+        lag_per_replica: spec.lag_per_replica.max(1) as u64,
+        activation_lag: spec.activation_lag.max(0) as u64,
+        target_drain_seconds: spec.target_drain_seconds.max(1) as f64,
+        max_time_lag_seconds: spec.max_time_lag_seconds.map(|s| s as f64),
+        idle_seconds: spec.idle_seconds.max(0) as f64,
+        scale_down: Behavior {
+            stabilization_seconds: spec.scale_down_stabilization_seconds.max(0) as f64,
+            policies: vec![RatePolicy::Percent {
+                value: 50,
+                period_seconds: 30.0,
+            }],
+            select: Select::Max,
+        },
+        ..ScalerSpec::default()
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        r#type: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: now_rfc3339(),
+    }
+}
+
+async fn reconcile(scaler: Arc<ChannelScaler>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = scaler.namespace().unwrap_or_else(|| "default".into());
+    let name = scaler.name_any();
+    let key = format!("{namespace}/{name}");
+    let poll = Duration::from_secs(scaler.spec.poll_interval_seconds.max(1) as u64);
+
+    // The target, through discovery: anything with a /scale subresource.
+    let target = &scaler.spec.scale_target_ref;
+    let (group, version) = match target.api_version.split_once('/') {
+        Some((group, version)) => (group.to_owned(), version.to_owned()),
+        None => (String::new(), target.api_version.clone()),
+    };
+    let gvk = GroupVersionKind::gvk(&group, &version, &target.kind);
+    let (resource, _) = kube::discovery::pinned_kind(&ctx.client, &gvk)
+        .await
+        .map_err(|_| Error::UnknownTarget(format!("{}/{}", target.kind, target.name)))?;
+    let targets: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
+    let scale = targets.get_scale(&target.name).await?;
+    let current = scale.spec.and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
+
+    // Measure, estimate, decide.
+    let kafka_key = (
+        scaler.spec.kafka.brokers.clone(),
+        scaler.spec.topic.clone(),
+        scaler.spec.consumer_group.clone(),
+    );
+    let (probe, now) = {
+        let mut scalers = ctx.scalers.lock().unwrap();
+        let stale = scalers.get(&key).is_none_or(|m| m.kafka_key != kafka_key);
+        if stale {
+            let probe = Probe::new(&kafka_key.0, &[], &kafka_key.1, &kafka_key.2)?;
+            scalers.insert(
+                key.clone(),
+                ScalerMemory {
+                    kafka_key: kafka_key.clone(),
+                    probe: Arc::new(probe),
+                    estimator: Estimator::new(EstimatorConfig::default()),
+                    policy: PolicyState::default(),
+                },
+            );
+        }
+        (
+            Arc::clone(&scalers[&key].probe),
+            ctx.started.elapsed().as_secs_f64(),
+        )
+    };
+    let sample = tokio::task::spawn_blocking(move || probe.sample(now))
+        .await
+        .expect("measurement task panicked");
+    let spec = policy_spec(&scaler);
+    let (observation, decision, stuck, processing_rate, kafka_error) = {
+        let mut scalers = ctx.scalers.lock().unwrap();
+        let memory = scalers.get_mut(&key).expect("inserted above");
+        let (observation, kafka_error) = match sample {
+            Ok(sample) => (Some(memory.estimator.observe(sample)), None),
+            Err(error) => (None, Some(error.to_string())),
+        };
+        let decision = policy::decide(
+            &spec,
+            observation.as_ref(),
+            &mut memory.policy,
+            current,
+            now,
+        );
+        (
+            observation,
+            decision,
+            memory.estimator.stuck_partitions(),
+            memory.estimator.processing_rate(),
+            kafka_error,
+        )
+    };
+
+    // Act.
+    let mut status = scaler.status.clone().unwrap_or_default();
+    let scaled = !scaler.spec.paused && decision.replicas != current;
+    if scaled {
+        targets
+            .patch_scale(
+                &target.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "replicas": decision.replicas } })),
+            )
+            .await?;
+        status.last_scale_time = Some(now_rfc3339());
+        status.last_scale_reason = Some(decision.reason.clone());
+        tracing::info!(scaler = %key, from = current, to = decision.replicas, reason = %decision.reason, "scaled");
+        ctx.recorder
+            .publish(
+                &Event {
+                    type_: EventType::Normal,
+                    reason: "Scaled".into(),
+                    note: Some(decision.reason.clone()),
+                    action: "Scale".into(),
+                    secondary: None,
+                },
+                &scaler.object_ref(&()),
+            )
+            .await?;
+    }
+
+    // Report.
+    if let Some(observation) = &observation {
+        status.lag = observation.lag as i64;
+        status.time_lag_seconds = observation.time_lag_seconds;
+        status.arrival_rate = observation.arrival_rate;
+        status.per_replica_rate = observation.per_replica_rate;
+        status.partitions = observation.partitions as i32;
+    }
+    status.processing_rate = processing_rate;
+    status.stuck_partitions = stuck;
+    status.observed_generation = scaler.meta().generation;
+    status.current_replicas = if scaled { decision.replicas } else { current } as i32;
+    status.desired_replicas = decision.replicas as i32;
+    let reachable = kafka_error.is_none();
+    status.conditions = vec![
+        condition(
+            "KafkaReachable",
+            reachable,
+            if reachable {
+                "Measured"
+            } else {
+                "MeasurementFailed"
+            },
+            kafka_error.unwrap_or_else(|| format!("lag {}", status.lag)),
+        ),
+        condition(
+            "Active",
+            status.current_replicas > 0,
+            "Replicas",
+            format!("{} replicas", status.current_replicas),
+        ),
+        condition(
+            "ScalingLimited",
+            decision.limited_by.is_some(),
+            &decision.limited_by.map_or_else(
+                || "NotLimited".to_owned(),
+                |l| l.to_string().replace(' ', ""),
+            ),
+            decision.reason.clone(),
+        ),
+        condition("Ready", reachable, "Reconciled", decision.reason),
+    ];
+    let scalers: Api<ChannelScaler> = Api::namespaced(ctx.client.clone(), &namespace);
+    let apply = json!({
+        "apiVersion": ChannelScaler::api_version(&()),
+        "kind": ChannelScaler::kind(&()),
+        "status": ChannelScalerStatus { ..status },
+    });
+    scalers
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&apply),
+        )
+        .await?;
+    Ok(Action::requeue(poll))
+}
+
+fn error_policy(scaler: Arc<ChannelScaler>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(scaler = %scaler.name_any(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client: client.clone(),
+        started: Instant::now(),
+        scalers: Mutex::new(HashMap::new()),
+    });
+    let scalers: Api<ChannelScaler> = Api::all(client);
+    tracing::info!("controller started");
+    Controller::new(scalers, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile error");
+            }
+        })
+        .await;
+}
