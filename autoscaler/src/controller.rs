@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -23,6 +24,7 @@ use serde_json::json;
 use crate::crd::{ChannelScaler, ChannelScalerStatus, Condition};
 use crate::estimate::{Estimator, EstimatorConfig};
 use crate::measure::Probe;
+use crate::metrics::{Metrics, ScalerLabels};
 use crate::policy::{self, Behavior, PolicyState, RatePolicy, ScalerSpec, Select};
 
 /// The field manager of everything the controller writes.
@@ -51,6 +53,7 @@ struct ScalerMemory {
 /// Shared by every reconcile.
 pub struct Context {
     client: Client,
+    metrics: Arc<Metrics>,
     recorder: Recorder,
     started: Instant,
     scalers: Mutex<HashMap<String, ScalerMemory>>,
@@ -94,8 +97,44 @@ fn condition(type_: &str, ok: bool, reason: &str, message: String) -> Condition 
 }
 
 async fn reconcile(scaler: Arc<ChannelScaler>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let outcome = reconcile_scaler(&scaler, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    outcome
+}
+
+/// The HPA that also scales `kind/name`, if any: two scalers on one target
+/// fight, so the controller reports it and leaves the target alone.
+async fn conflicting_hpa(
+    client: &Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Option<String> {
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+    let list = hpas.list(&ListParams::default()).await.ok()?;
+    list.items
+        .into_iter()
+        .find(|hpa| {
+            hpa.spec
+                .as_ref()
+                .is_some_and(|s| s.scale_target_ref.kind == kind && s.scale_target_ref.name == name)
+        })
+        .map(|hpa| hpa.name_any())
+}
+
+async fn reconcile_scaler(
+    scaler: &Arc<ChannelScaler>,
+    ctx: &Arc<Context>,
+) -> Result<Action, Error> {
     let namespace = scaler.namespace().unwrap_or_else(|| "default".into());
     let name = scaler.name_any();
+    let labels = ScalerLabels {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
     let key = format!("{namespace}/{name}");
     let poll = Duration::from_secs(scaler.spec.poll_interval_seconds.max(1) as u64);
 
@@ -143,7 +182,7 @@ async fn reconcile(scaler: Arc<ChannelScaler>, ctx: Arc<Context>) -> Result<Acti
     let sample = tokio::task::spawn_blocking(move || probe.sample(now))
         .await
         .expect("measurement task panicked");
-    let spec = policy_spec(&scaler);
+    let spec = policy_spec(scaler);
     let (observation, decision, stuck, processing_rate, kafka_error) = {
         let mut scalers = ctx.scalers.lock().unwrap();
         let memory = scalers.get_mut(&key).expect("inserted above");
@@ -169,7 +208,8 @@ async fn reconcile(scaler: Arc<ChannelScaler>, ctx: Arc<Context>) -> Result<Acti
 
     // Act.
     let mut status = scaler.status.clone().unwrap_or_default();
-    let scaled = !scaler.spec.paused && decision.replicas != current;
+    let conflict = conflicting_hpa(&ctx.client, &namespace, &target.kind, &target.name).await;
+    let scaled = !scaler.spec.paused && conflict.is_none() && decision.replicas != current;
     if scaled {
         targets
             .patch_scale(
@@ -180,6 +220,7 @@ async fn reconcile(scaler: Arc<ChannelScaler>, ctx: Arc<Context>) -> Result<Acti
             .await?;
         status.last_scale_time = Some(now_rfc3339());
         status.last_scale_reason = Some(decision.reason.clone());
+        ctx.metrics.scale_events.get_or_create(&labels).inc();
         tracing::info!(scaler = %key, from = current, to = decision.replicas, reason = %decision.reason, "scaled");
         ctx.recorder
             .publish(
@@ -196,7 +237,18 @@ async fn reconcile(scaler: Arc<ChannelScaler>, ctx: Arc<Context>) -> Result<Acti
     }
 
     // Report.
+    let m = &ctx.metrics;
+    if observation.is_none() {
+        m.measurement_errors.get_or_create(&labels).inc();
+    }
     if let Some(observation) = &observation {
+        m.lag.get_or_create(&labels).set(observation.lag as i64);
+        m.time_lag_seconds
+            .get_or_create(&labels)
+            .set(observation.time_lag_seconds);
+        m.arrival_rate
+            .get_or_create(&labels)
+            .set(observation.arrival_rate);
         status.lag = observation.lag as i64;
         status.time_lag_seconds = observation.time_lag_seconds;
         status.arrival_rate = observation.arrival_rate;
@@ -208,6 +260,15 @@ async fn reconcile(scaler: Arc<ChannelScaler>, ctx: Arc<Context>) -> Result<Acti
     status.observed_generation = scaler.meta().generation;
     status.current_replicas = if scaled { decision.replicas } else { current } as i32;
     status.desired_replicas = decision.replicas as i32;
+    m.processing_rate
+        .get_or_create(&labels)
+        .set(processing_rate);
+    m.desired_replicas
+        .get_or_create(&labels)
+        .set(i64::from(decision.replicas));
+    m.current_replicas
+        .get_or_create(&labels)
+        .set(i64::from(status.current_replicas));
     let reachable = kafka_error.is_none();
     status.conditions = vec![
         condition(
@@ -226,15 +287,26 @@ async fn reconcile(scaler: Arc<ChannelScaler>, ctx: Arc<Context>) -> Result<Acti
             "Replicas",
             format!("{} replicas", status.current_replicas),
         ),
-        condition(
-            "ScalingLimited",
-            decision.limited_by.is_some(),
-            &decision.limited_by.map_or_else(
-                || "NotLimited".to_owned(),
-                |l| l.to_string().replace(' ', ""),
+        match &conflict {
+            Some(hpa) => condition(
+                "ScalingLimited",
+                true,
+                "HorizontalPodAutoscalerConflict",
+                format!(
+                    "HorizontalPodAutoscaler {hpa} also scales {}/{}: not scaling",
+                    target.kind, target.name
+                ),
             ),
-            decision.reason.clone(),
-        ),
+            None => condition(
+                "ScalingLimited",
+                decision.limited_by.is_some(),
+                &decision.limited_by.map_or_else(
+                    || "NotLimited".to_owned(),
+                    |l| l.to_string().replace(' ', ""),
+                ),
+                decision.reason.clone(),
+            ),
+        },
         condition("Ready", reachable, "Reconciled", decision.reason),
     ];
     let scalers: Api<ChannelScaler> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -261,9 +333,11 @@ fn error_policy(scaler: Arc<ChannelScaler>, error: &Error, _ctx: Arc<Context>) -
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
+    metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Arc::new(Context {
+        metrics: Arc::clone(&metrics),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -276,6 +350,9 @@ pub async fn run(
         scalers: Mutex::new(HashMap::new()),
     });
     let scalers: Api<ChannelScaler> = Api::all(client);
+    metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("controller started");
     Controller::new(scalers, watcher::Config::default())
         .graceful_shutdown_on(shutdown)

@@ -12,6 +12,7 @@
 //!   group state) to observations: lag semantics, rates, capacity, time lag,
 //!   stuck partitions. Also pure.
 //! - [`measure`]: the Kafka admin calls that produce those samples.
+//! - [`metrics`]: the controller's Prometheus metrics and health endpoints.
 //! - [`local`]: actuation without a cluster, a pool of worker processes;
 //!   [`local_loop`] ties measurement, policy and the pool together.
 //!
@@ -25,4 +26,5 @@ pub mod estimate;
 pub mod local;
 pub mod local_loop;
 pub mod measure;
+pub mod metrics;
 pub mod policy;

@@ -30,7 +30,18 @@ enum Command {
     Local(LocalArgs),
     /// Run the Kubernetes controller for `ChannelScaler` resources
     /// (in-cluster configuration, or KUBECONFIG).
-    Controller,
+    Controller(ControllerArgs),
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(
+        long,
+        env = "OSMOSIS_AUTOSCALER_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -101,17 +112,22 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format == "json");
     match cli.command {
-        Command::Controller => {
+        Command::Controller(args) => {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+            let metrics = std::sync::Arc::new(osmosis_autoscaler::metrics::Metrics::default());
+            let addr = osmosis_autoscaler::metrics::serve(args.listen, metrics.clone())
+                .await
+                .with_context(|| format!("serving metrics on {}", args.listen))?;
+            tracing::info!(%addr, "listening");
             // The controller wants a Sync trigger: a signal future is not one.
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             tokio::spawn(async move {
                 shutdown_signal().await;
                 let _ = stop.send(());
             });
-            osmosis_autoscaler::controller::run(client, async move {
+            osmosis_autoscaler::controller::run(client, metrics, async move {
                 let _ = stopped.await;
             })
             .await;

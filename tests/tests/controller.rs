@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -20,6 +21,49 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const WAIT: Duration = Duration::from_secs(90);
+
+fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": 0,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "worker", "image": "osmosis/slow:test" }] }
+            }
+        }
+    }))
+    .unwrap()
+}
+
+fn scaler_spec(target: &str, topic: &str, group: &str) -> ChannelScalerSpec {
+    ChannelScalerSpec {
+        scale_target_ref: ScaleTargetRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: target.into(),
+        },
+        kafka: KafkaConnection {
+            brokers: kafka::bootstrap().into(),
+            properties_secret_ref: None,
+        },
+        topic: topic.into(),
+        consumer_group: group.into(),
+        min_replicas: 0,
+        max_replicas: 10,
+        lag_per_replica: 50,
+        activation_lag: 0,
+        target_drain_seconds: 30,
+        max_time_lag_seconds: None,
+        idle_seconds: 2,
+        scale_down_stabilization_seconds: 2,
+        poll_interval_seconds: 1,
+        paused: false,
+    }
+}
 
 async fn replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
     deployments
@@ -47,22 +91,8 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
     let name = format!("worker-{}", &topic[topic.len() - 8..]);
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    let deployment: Deployment = serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": 0,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "worker", "image": "osmosis/slow:test" }] }
-            }
-        }
-    }))
-    .unwrap();
     deployments
-        .create(&PostParams::default(), &deployment)
+        .create(&PostParams::default(), &deployment(&name))
         .await
         .expect("creating the deployment");
 
@@ -85,43 +115,58 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
     }
 
     let scalers: Api<ChannelScaler> = Api::namespaced(client.clone(), "default");
-    let spec = ChannelScalerSpec {
-        scale_target_ref: ScaleTargetRef {
-            api_version: "apps/v1".into(),
-            kind: "Deployment".into(),
-            name: name.clone(),
-        },
-        kafka: KafkaConnection {
-            brokers: kafka::bootstrap().into(),
-            properties_secret_ref: None,
-        },
-        topic: topic.clone(),
-        consumer_group: group.clone(),
-        min_replicas: 0,
-        max_replicas: 10,
-        lag_per_replica: 50,
-        activation_lag: 0,
-        target_drain_seconds: 30,
-        max_time_lag_seconds: None,
-        idle_seconds: 2,
-        scale_down_stabilization_seconds: 2,
-        poll_interval_seconds: 1,
-        paused: false,
-    };
+    let spec = scaler_spec(&name, &topic, &group);
     scalers
         .create(&PostParams::default(), &ChannelScaler::new(&name, spec))
         .await
         .expect("creating the scaler");
 
+    // A second target that an HPA already scales: the controller must not fight it.
+    let contested = format!("{name}-hpa");
+    deployments
+        .create(&PostParams::default(), &deployment(&contested))
+        .await
+        .expect("creating the contested deployment");
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(serde_json::json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": { "name": contested },
+        "spec": {
+            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": contested },
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "metrics": [{ "type": "Resource", "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": 80 } } }]
+        }
+    }))
+    .unwrap();
+    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &hpa)
+        .await
+        .expect("creating the HPA");
+    scalers
+        .create(
+            &PostParams::default(),
+            &ChannelScaler::new(
+                &contested,
+                scaler_spec(&contested, &topic, &format!("{group}.other")),
+            ),
+        )
+        .await
+        .expect("creating the contested scaler");
+
     let controller = Service::spawn(
         "osmosis-autoscaler",
-        &["controller"],
+        &["controller", "--listen", "127.0.0.1:0"],
         &[(
             "KUBECONFIG",
             std::env::var(osmosis_e2e::kube::KUBECONFIG_ENV).unwrap(),
         )],
     );
     controller.wait_for_log("controller started", WAIT);
+    let metrics_addr = controller.wait_for_log("listening", WAIT)["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // 400 / 50 = 8, but 4 partitions: exactly 4.
     eventually(WAIT, "4 replicas for the backlog", || async {
@@ -150,6 +195,31 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
     })
     .await;
     assert!(scaled.message.unwrap_or_default().contains("0 → 4"));
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let desired =
+        format!("osmosis_autoscaler_desired_replicas{{namespace=\"default\",name=\"{name}\"}} 4");
+    assert!(metrics.contains(&desired), "{metrics}");
+    let ready = reqwest::get(format!("http://{metrics_addr}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+
+    // The contested target keeps its replicas; the conflict is a condition.
+    let conflict = eventually(WAIT, "the HPA conflict condition", || async {
+        let status = scalers.get(&contested).await.ok()?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.r#type == "ScalingLimited" && c.reason == "HorizontalPodAutoscalerConflict")
+    })
+    .await;
+    assert!(conflict.message.contains(&contested), "{conflict:?}");
+    assert_eq!(replicas(&deployments, &contested).await, 0);
 
     // Workers drain the channel: a real consumer group commits everything.
     let consumer: StreamConsumer = ClientConfig::new()
