@@ -330,9 +330,11 @@ fn error_policy(scaler: Arc<ChannelScaler>, error: &Error, _ctx: Arc<Context>) -
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller over `namespace` (or all namespaces) until
+/// `shutdown` resolves.
 pub async fn run(
     client: Client,
+    namespace: Option<String>,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -349,7 +351,10 @@ pub async fn run(
         started: Instant::now(),
         scalers: Mutex::new(HashMap::new()),
     });
-    let scalers: Api<ChannelScaler> = Api::all(client);
+    let scalers: Api<ChannelScaler> = match &namespace {
+        Some(namespace) => Api::namespaced(client, namespace),
+        None => Api::all(client),
+    };
     metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);

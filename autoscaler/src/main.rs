@@ -42,6 +42,27 @@ struct ControllerArgs {
         default_value = "0.0.0.0:8080"
     )]
     listen: std::net::SocketAddr,
+    /// The coordination.k8s.io Lease replicas elect their leader with; only
+    /// the leader reconciles, so two replicas are safe.
+    #[arg(
+        long,
+        env = "OSMOSIS_AUTOSCALER_LEASE",
+        default_value = "osmosis-autoscaler"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease.
+    #[arg(
+        long,
+        env = "OSMOSIS_AUTOSCALER_LEASE_NAMESPACE",
+        default_value = "default"
+    )]
+    lease_namespace: String,
+    /// Only watch ChannelScalers of this namespace (default: all).
+    #[arg(long, env = "OSMOSIS_AUTOSCALER_NAMESPACE")]
+    namespace: Option<String>,
+    /// This replica's identity in the Lease (default: POD_NAME, else the pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 #[derive(Args)]
@@ -107,31 +128,79 @@ async fn shutdown_signal() {
     }
 }
 
+/// Waits for the Lease, runs the controller while leading, releases the
+/// Lease on shutdown so that another replica takes over at once. Losing the
+/// Lease ends the process with an error: its supervisor restarts it as a
+/// candidate, and no two replicas ever reconcile at once.
+async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let metrics = std::sync::Arc::new(osmosis_autoscaler::metrics::Metrics::default());
+    let addr = osmosis_autoscaler::metrics::serve(args.listen, metrics.clone())
+        .await
+        .with_context(|| format!("serving metrics on {}", args.listen))?;
+    tracing::info!(%addr, "listening");
+
+    let identity = args
+        .identity
+        .unwrap_or_else(|| format!("osmosis-autoscaler-{}", std::process::id()));
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (mut leading, lease_task) = lease.watch().await;
+    tracing::info!(%identity, lease = %args.lease_name, "waiting for leadership");
+    let mut signal = Box::pin(shutdown_signal());
+    loop {
+        if *leading.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leading.changed() => changed.context("leader election stopped")?,
+            () = &mut signal => return Ok(()),
+        }
+    }
+    tracing::info!(%identity, "leading");
+
+    // The controller wants a Sync trigger: a oneshot receiver is one.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<bool>();
+    tokio::spawn(async move {
+        let lost = tokio::select! {
+            () = signal => false,
+            _ = async {
+                while leading.changed().await.is_ok() && *leading.borrow() {}
+            } => true,
+        };
+        let _ = stop.send(lost);
+        // Dropping the receiver releases the Lease.
+        drop(leading);
+    });
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<bool>();
+    osmosis_autoscaler::controller::run(client, args.namespace, metrics, async move {
+        let lost = stopped.await.unwrap_or(false);
+        let _ = lost_tx.send(lost);
+    })
+    .await;
+    let lost = lost_rx.await.unwrap_or(false);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), lease_task).await {
+        Ok(_) => tracing::info!("lease released"),
+        Err(_) => tracing::warn!("lease not released within 10s; it expires on its own"),
+    }
+    anyhow::ensure!(!lost, "lost the leader Lease");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format == "json");
     match cli.command {
-        Command::Controller(args) => {
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
-            let metrics = std::sync::Arc::new(osmosis_autoscaler::metrics::Metrics::default());
-            let addr = osmosis_autoscaler::metrics::serve(args.listen, metrics.clone())
-                .await
-                .with_context(|| format!("serving metrics on {}", args.listen))?;
-            tracing::info!(%addr, "listening");
-            // The controller wants a Sync trigger: a signal future is not one.
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                let _ = stop.send(());
-            });
-            osmosis_autoscaler::controller::run(client, metrics, async move {
-                let _ = stopped.await;
-            })
-            .await;
-        }
+        Command::Controller(args) => run_controller(args).await?,
         Command::Local(args) => {
             let spec = ScalerSpec {
                 min_replicas: args.min_replicas,

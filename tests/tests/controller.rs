@@ -156,7 +156,13 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
 
     let controller = Service::spawn(
         "osmosis-autoscaler",
-        &["controller", "--listen", "127.0.0.1:0"],
+        &[
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-name",
+            &format!("osmosis-autoscaler-{}", std::process::id()),
+        ],
         &[(
             "KUBECONFIG",
             std::env::var(osmosis_e2e::kube::KUBECONFIG_ENV).unwrap(),
