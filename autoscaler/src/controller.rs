@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
@@ -21,7 +22,9 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{ChannelScaler, ChannelScalerStatus, Condition};
+use crate::crd::{
+    ChannelScaler, ChannelScalerStatus, Condition, PolicyType, ScalingRules, SelectPolicy,
+};
 use crate::estimate::{Estimator, EstimatorConfig};
 use crate::measure::Probe;
 use crate::metrics::{Metrics, ScalerLabels};
@@ -37,15 +40,17 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the scale target {0} is not a known resource with a /scale subresource")]
     UnknownTarget(String),
-    #[error("Kafka client: {0}")]
-    Kafka(#[from] crate::measure::MeasureError),
 }
 
 /// What the controller keeps per scaler between reconciles.
 struct ScalerMemory {
     /// Brokers, topic and group the probe was built for.
     kafka_key: (String, String, String),
-    probe: Arc<Probe>,
+    /// Client properties (from the Secret) the probe was built with.
+    properties: Vec<(String, String)>,
+    /// The probe, or why the Kafka client could not be created (reported
+    /// as KafkaReachable=False, like any failed measurement).
+    probe: Result<Arc<Probe>, String>,
     estimator: Estimator,
     policy: PolicyState,
 }
@@ -62,6 +67,7 @@ pub struct Context {
 /// The policy's spec from the resource's spec.
 pub fn policy_spec(scaler: &ChannelScaler) -> ScalerSpec {
     let spec = &scaler.spec;
+    let defaults = ScalerSpec::default();
     ScalerSpec {
         min_replicas: spec.min_replicas.max(0) as u32,
         max_replicas: spec.max_replicas.max(0) as u32,
@@ -70,16 +76,64 @@ pub fn policy_spec(scaler: &ChannelScaler) -> ScalerSpec {
         target_drain_seconds: spec.target_drain_seconds.max(1) as f64,
         max_time_lag_seconds: spec.max_time_lag_seconds.map(|s| s as f64),
         idle_seconds: spec.idle_seconds.max(0) as f64,
-        scale_down: Behavior {
-            stabilization_seconds: spec.scale_down_stabilization_seconds.max(0) as f64,
-            policies: vec![RatePolicy::Percent {
-                value: 50,
-                period_seconds: 30.0,
-            }],
-            select: Select::Max,
-        },
-        ..ScalerSpec::default()
+        scale_up: behavior(spec.behavior.scale_up.as_ref(), defaults.scale_up.clone()),
+        scale_down: behavior(
+            spec.behavior.scale_down.as_ref(),
+            defaults.scale_down.clone(),
+        ),
+        ..defaults
     }
+}
+
+fn behavior(rules: Option<&ScalingRules>, default: Behavior) -> Behavior {
+    let Some(rules) = rules else {
+        return default;
+    };
+    Behavior {
+        stabilization_seconds: rules.stabilization_window_seconds.max(0) as f64,
+        policies: rules
+            .policies
+            .iter()
+            .map(|p| {
+                let (value, period_seconds) =
+                    (p.value.max(0) as u32, f64::from(p.period_seconds.max(1)));
+                match p.r#type {
+                    PolicyType::Percent => RatePolicy::Percent {
+                        value,
+                        period_seconds,
+                    },
+                    PolicyType::Pods => RatePolicy::Pods {
+                        value,
+                        period_seconds,
+                    },
+                }
+            })
+            .collect(),
+        select: match rules.select_policy {
+            SelectPolicy::Max => Select::Max,
+            SelectPolicy::Min => Select::Min,
+            SelectPolicy::Disabled => Select::Disabled,
+        },
+    }
+}
+
+/// librdkafka properties from the scaler's Secret, if it names one.
+async fn kafka_properties(
+    client: &Client,
+    namespace: &str,
+    scaler: &ChannelScaler,
+) -> Result<Vec<(String, String)>, Error> {
+    let Some(secret) = &scaler.spec.kafka.properties_secret_ref else {
+        return Ok(Vec::new());
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secret = secrets.get(&secret.name).await?;
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| (name, String::from_utf8_lossy(&value.0).into_owned()))
+        .collect())
 }
 
 fn now_rfc3339() -> String {
@@ -159,36 +213,46 @@ async fn reconcile_scaler(
         scaler.spec.topic.clone(),
         scaler.spec.consumer_group.clone(),
     );
+    let properties = kafka_properties(&ctx.client, &namespace, scaler).await?;
     let (probe, now) = {
         let mut scalers = ctx.scalers.lock().unwrap();
-        let stale = scalers.get(&key).is_none_or(|m| m.kafka_key != kafka_key);
+        let stale = scalers
+            .get(&key)
+            .is_none_or(|m| m.kafka_key != kafka_key || m.properties != properties);
         if stale {
-            let probe = Probe::new(&kafka_key.0, &[], &kafka_key.1, &kafka_key.2)?;
+            let probe = Probe::new(&kafka_key.0, &properties, &kafka_key.1, &kafka_key.2)
+                .map(Arc::new)
+                .map_err(|error| error.to_string());
             scalers.insert(
                 key.clone(),
                 ScalerMemory {
                     kafka_key: kafka_key.clone(),
-                    probe: Arc::new(probe),
+                    properties: properties.clone(),
+                    probe,
                     estimator: Estimator::new(EstimatorConfig::default()),
                     policy: PolicyState::default(),
                 },
             );
         }
         (
-            Arc::clone(&scalers[&key].probe),
+            scalers[&key].probe.clone(),
             ctx.started.elapsed().as_secs_f64(),
         )
     };
-    let sample = tokio::task::spawn_blocking(move || probe.sample(now))
-        .await
-        .expect("measurement task panicked");
+    let sample = match probe {
+        Ok(probe) => tokio::task::spawn_blocking(move || probe.sample(now))
+            .await
+            .expect("measurement task panicked")
+            .map_err(|error| error.to_string()),
+        Err(error) => Err(format!("cannot create the Kafka client: {error}")),
+    };
     let spec = policy_spec(scaler);
     let (observation, decision, stuck, processing_rate, kafka_error) = {
         let mut scalers = ctx.scalers.lock().unwrap();
         let memory = scalers.get_mut(&key).expect("inserted above");
         let (observation, kafka_error) = match sample {
             Ok(sample) => (Some(memory.estimator.observe(sample)), None),
-            Err(error) => (None, Some(error.to_string())),
+            Err(error) => (None, Some(error)),
         };
         let decision = policy::decide(
             &spec,

@@ -6,6 +6,7 @@
 //! `x-kubernetes-validations` in the CRD.
 
 use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Scales a workload on the backlog and arrival rate of a Kafka channel.
@@ -63,10 +64,9 @@ pub struct ChannelScalerSpec {
     #[serde(default = "default_idle_seconds")]
     #[x_kube(validation = Rule::new("self >= 0").message("idleSeconds must not be negative"))]
     pub idle_seconds: i64,
-    /// Scale-down waits until no higher recommendation was made for this long.
-    #[serde(default = "default_scale_down_stabilization_seconds")]
-    #[x_kube(validation = Rule::new("self >= 0").message("scaleDownStabilizationSeconds must not be negative"))]
-    pub scale_down_stabilization_seconds: i64,
+    /// How fast to scale in each direction, as in HPA v2 `behavior`.
+    #[serde(default)]
+    pub behavior: ScalingBehavior,
     /// Seconds between measurements.
     #[serde(default = "default_poll_interval_seconds")]
     #[x_kube(validation = Rule::new("self >= 1").message("pollIntervalSeconds must be at least 1"))]
@@ -74,6 +74,65 @@ pub struct ChannelScalerSpec {
     /// Stop scaling (the status keeps being updated).
     #[serde(default)]
     pub paused: bool,
+}
+
+/// Per-direction scaling behaviour.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingBehavior {
+    /// Default: no stabilisation, no rate limit (the policy sizes from the
+    /// backlog directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<ScalingRules>,
+    /// Default: a 60 s window and at most 50 % fewer replicas per 30 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScalingRules>,
+}
+
+/// One direction's rules.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// Recommendations of this window are combined before acting.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 3600").message("stabilizationWindowSeconds must be within 0..3600"))]
+    pub stabilization_window_seconds: i64,
+    /// Rate limits; none means unlimited.
+    #[serde(default)]
+    pub policies: Vec<ScalingPolicy>,
+    /// Which policy wins when several apply.
+    #[serde(default)]
+    pub select_policy: SelectPolicy,
+}
+
+/// Which rate policy wins (an enum in the schema: the API server refuses others).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SelectPolicy {
+    /// The policy allowing the most change.
+    #[default]
+    Max,
+    /// The policy allowing the least change.
+    Min,
+    /// No scaling in this direction.
+    Disabled,
+}
+
+/// What a rate policy counts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyType {
+    Pods,
+    Percent,
+}
+
+/// At most `value` pods or percent per `periodSeconds`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingPolicy {
+    pub r#type: PolicyType,
+    #[x_kube(validation = Rule::new("self > 0").message("a scaling policy's value must be positive"))]
+    pub value: i32,
+    #[x_kube(validation = Rule::new("self > 0 && self <= 1800").message("periodSeconds must be within 1..1800"))]
+    pub period_seconds: i32,
 }
 
 /// A workload with a `/scale` subresource.
@@ -96,7 +155,8 @@ pub struct KafkaConnection {
     #[x_kube(validation = Rule::new("self != ''").message("kafka.brokers must not be empty"))]
     pub brokers: String,
     /// A Secret in the same namespace whose keys are librdkafka properties
-    /// (`security.protocol`, `sasl.username`...): TLS and SASL without new code.
+    /// (`security.protocol`, `sasl.username`...): TLS and SASL without new
+    /// code. File-valued properties (`ssl.ca.pem`...) take the PEM inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties_secret_ref: Option<SecretRef>,
 }
@@ -169,9 +229,6 @@ fn default_target_drain_seconds() -> i64 {
 }
 fn default_idle_seconds() -> i64 {
     300
-}
-fn default_scale_down_stabilization_seconds() -> i64 {
-    60
 }
 fn default_poll_interval_seconds() -> i64 {
     5

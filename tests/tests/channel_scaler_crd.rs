@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{CustomResourceExt, ResourceExt};
-use osmosis_autoscaler::crd::{ChannelScaler, ChannelScalerSpec, KafkaConnection, ScaleTargetRef};
+use osmosis_autoscaler::crd::{
+    ChannelScaler, ChannelScalerSpec, KafkaConnection, ScaleTargetRef, ScalingBehavior,
+};
 use osmosis_e2e::eventually;
 
 fn spec() -> ChannelScalerSpec {
@@ -30,7 +32,7 @@ fn spec() -> ChannelScalerSpec {
         target_drain_seconds: 30,
         max_time_lag_seconds: None,
         idle_seconds: 300,
-        scale_down_stabilization_seconds: 60,
+        behavior: ScalingBehavior::default(),
         poll_interval_seconds: 5,
         paused: false,
     }
@@ -146,6 +148,23 @@ async fn the_api_server_refuses_nonsense_with_the_cel_messages() {
         message.contains("kafka.brokers must not be empty"),
         "{message}"
     );
+
+    // Enumerations are schema enums: anything else is refused by name.
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(
+        api.clone().into_client(),
+        "default",
+        &ApiResource::erase::<ChannelScaler>(&()),
+    );
+    let mut raw = serde_json::to_value(ChannelScaler::new("bad-behavior", spec())).unwrap();
+    raw["spec"]["behavior"] = serde_json::json!({ "scaleUp": { "selectPolicy": "Sometimes" } });
+    let raw: DynamicObject = serde_json::from_value(raw).unwrap();
+    match dynamic.create(&PostParams::default(), &raw).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422);
+            assert!(status.message.contains("Sometimes"), "{}", status.message);
+        }
+        other => panic!("an unknown selectPolicy was not refused: {other:?}"),
+    }
 
     api.delete("valid", &DeleteParams::default())
         .await

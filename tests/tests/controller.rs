@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use osmosis_autoscaler::crd::{ChannelScaler, ChannelScalerSpec, KafkaConnection, ScaleTargetRef};
+use osmosis_autoscaler::crd::{
+    ChannelScaler, ChannelScalerSpec, KafkaConnection, ScaleTargetRef, ScalingBehavior,
+    ScalingRules, SecretRef, SelectPolicy,
+};
 use osmosis_e2e::eventually;
 use osmosis_e2e::kafka;
 use osmosis_e2e::process::Service;
@@ -59,7 +62,14 @@ fn scaler_spec(target: &str, topic: &str, group: &str) -> ChannelScalerSpec {
         target_drain_seconds: 30,
         max_time_lag_seconds: None,
         idle_seconds: 2,
-        scale_down_stabilization_seconds: 2,
+        behavior: ScalingBehavior {
+            scale_up: None,
+            scale_down: Some(ScalingRules {
+                stabilization_window_seconds: 2,
+                policies: Vec::new(),
+                select_policy: SelectPolicy::Max,
+            }),
+        },
         poll_interval_seconds: 1,
         paused: false,
     }
@@ -154,6 +164,38 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
         .await
         .expect("creating the contested scaler");
 
+    // Client properties come from a Secret: a protocol this build cannot
+    // speak shows up as KafkaReachable=False, which proves they are applied.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let secret_name = format!("{name}-kafka");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": secret_name },
+        "stringData": { "security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN" }
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("creating the Secret");
+    let secured = format!("{name}-secured");
+    deployments
+        .create(&PostParams::default(), &deployment(&secured))
+        .await
+        .expect("creating the secured deployment");
+    let mut secured_spec = scaler_spec(&secured, &topic, &format!("{group}.secured"));
+    secured_spec.kafka.properties_secret_ref = Some(SecretRef {
+        name: secret_name.clone(),
+    });
+    scalers
+        .create(
+            &PostParams::default(),
+            &ChannelScaler::new(&secured, secured_spec),
+        )
+        .await
+        .expect("creating the secured scaler");
+
     let controller = Service::spawn(
         "osmosis-autoscaler",
         &[
@@ -215,6 +257,28 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
         .unwrap();
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
 
+    let unreachable = eventually(
+        WAIT,
+        "KafkaReachable=False from the Secret's properties",
+        || async {
+            let status = scalers.get(&secured).await.ok()?.status?;
+            status
+                .conditions
+                .into_iter()
+                .find(|c| c.r#type == "KafkaReachable" && c.status == "False")
+        },
+    )
+    .await;
+    assert!(
+        unreachable.message.contains("security.protocol") || unreachable.message.contains("SASL"),
+        "{unreachable:?}"
+    );
+    assert_eq!(
+        replicas(&deployments, &secured).await,
+        0,
+        "a failed measurement never scales"
+    );
+
     // The contested target keeps its replicas; the conflict is a condition.
     let conflict = eventually(WAIT, "the HPA conflict condition", || async {
         let status = scalers.get(&contested).await.ok()?.status?;
@@ -251,6 +315,24 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
     .await;
     let status = scalers.get(&name).await.unwrap().status.unwrap();
     assert_eq!(status.lag, 0);
+
+    // New work activates the workload again from zero.
+    for i in 0..60 {
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&format!("again{i}"))
+                    .payload("work"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    eventually(WAIT, "activation from zero", || async {
+        (replicas(&deployments, &name).await == 2).then_some(())
+    })
+    .await;
     assert!(
         status
             .conditions
