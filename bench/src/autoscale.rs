@@ -68,9 +68,9 @@ fn traces() -> Vec<Trace> {
             change_at: Some(0),
         },
         Trace {
-            name: "10× spike",
+            name: "10× spike 120→1200/s",
             seconds: 900,
-            rate: |t| if (127..247).contains(&t) { 600.0 } else { 60.0 },
+            rate: |t| if (127..247).contains(&t) { 1200.0 } else { 120.0 },
             poison_from: None,
             change_at: Some(127),
         },
