@@ -5,9 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+. scripts/lib.sh
 KAFKA_PORT=$(free_port)
 KAFKA_CTRL_PORT=$(free_port)
 KAFKA_STATE_DIR=$(mktemp -d -t osmosis-bench-kafka.XXXXXX)

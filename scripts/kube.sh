@@ -27,9 +27,7 @@ START_TIMEOUT=${KUBE_START_TIMEOUT:-120}
 
 log() { echo "kube.sh: $*" >&2; }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+. "$(dirname "$0")/lib.sh"
 
 build_etcd() {
   [ -x "$BIN_DIR/etcd" ] && return 0

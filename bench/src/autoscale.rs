@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 use clap::Parser;
 use osmosis_autoscaler::estimate::{Estimator, EstimatorConfig, PartitionSample, Sample};
-use osmosis_autoscaler::policy::{self, Behavior, PolicyState, RatePolicy, ScalerSpec, Select};
+use osmosis_autoscaler::policy::{self, PolicyState, ScalerSpec};
 
 #[derive(Parser)]
 pub struct AutoscaleArgs {
@@ -476,23 +476,10 @@ fn osmosis(args: &AutoscaleArgs) -> Osmosis {
             lag_per_replica: (drain * args.replica_rate) as u64,
             activation_lag: 0,
             target_drain_seconds: drain / 2.0,
-            target_utilization: 0.9,
             max_time_lag_seconds: Some(args.slo_seconds / 2.0),
             idle_seconds: 120.0,
-            allow_more_replicas_than_partitions: false,
-            scale_up: Behavior {
-                stabilization_seconds: 0.0,
-                policies: Vec::new(),
-                select: Select::Max,
-            },
-            scale_down: Behavior {
-                stabilization_seconds: 60.0,
-                policies: vec![RatePolicy::Percent {
-                    value: 50,
-                    period_seconds: 30.0,
-                }],
-                select: Select::Max,
-            },
+            // The autoscaler's own defaults for utilisation and behaviour.
+            ..ScalerSpec::default()
         },
         estimator: Estimator::new(EstimatorConfig::default()),
         state: PolicyState::default(),
