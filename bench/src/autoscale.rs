@@ -70,7 +70,13 @@ fn traces() -> Vec<Trace> {
         Trace {
             name: "10× spike 120→1200/s",
             seconds: 900,
-            rate: |t| if (127..247).contains(&t) { 1200.0 } else { 120.0 },
+            rate: |t| {
+                if (127..247).contains(&t) {
+                    1200.0
+                } else {
+                    120.0
+                }
+            },
             poison_from: None,
             change_at: Some(127),
         },
