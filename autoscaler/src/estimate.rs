@@ -1,5 +1,6 @@
 //! From raw Kafka samples to an [`Observation`]: lag per partition with
-//! explicit semantics, smoothed arrival and processing rates, per-replica
+//! explicit semantics, arrival rate (rises at once, falls smoothed) and a
+//! smoothed processing rate, per-replica
 //! capacity learnt only while the group is busy, time lag by interpolation,
 //! and stuck partitions. Pure: the samples come from [`crate::measure`].
 //!
@@ -159,7 +160,14 @@ impl Estimator {
                     sum(&sample, &|p| self.position(p)) - sum(previous, &|p| self.position(p));
                 let arrival = arrived.max(0) as f64 / elapsed;
                 let processing = processed.max(0) as f64 / elapsed;
-                self.arrival_rate = Some(smooth(self.arrival_rate, arrival, self.config.smoothing));
+                // Fast attack, slow decay: a surge is acted on at the poll
+                // that sees it; a lull must last before it counts.
+                self.arrival_rate = Some(match self.arrival_rate {
+                    Some(known) if arrival < known => {
+                        smooth(Some(known), arrival, self.config.smoothing)
+                    }
+                    _ => arrival,
+                });
                 self.processing_rate = Some(smooth(
                     self.processing_rate,
                     processing,
@@ -180,6 +188,16 @@ impl Estimator {
                     && previous_lag >= busy_floor
                     && !sample.rebalancing
                     && !previous.rebalancing;
+                if !busy
+                    && self.per_replica_rate.is_none()
+                    && lag > 0
+                    && sample.members > 0
+                    && processing > 0.0
+                {
+                    // Nothing learnt yet: what the members do now is at
+                    // least what they can, a start for the gradient.
+                    self.per_replica_rate = Some(processing / f64::from(sample.members));
+                }
                 if busy && sample.members > 0 && processing > 0.0 {
                     let per_replica = processing / f64::from(sample.members);
                     self.per_replica_rate = Some(if lag as i64 >= previous_lag {
@@ -342,6 +360,36 @@ mod tests {
             "idle: remembered, not diluted"
         );
         assert_eq!(observation.arrival_rate, 0.0);
+    }
+
+    #[test]
+    fn without_a_busy_interval_the_current_rate_starts_the_capacity() {
+        let mut estimator = Estimator::new(EstimatorConfig::default());
+        estimator.observe(sample(0.0, 2, vec![partition(0, 0, 100, Some(95))]));
+        let observation = estimator.observe(sample(10.0, 2, vec![partition(0, 0, 300, Some(295))]));
+        assert_eq!(
+            observation.per_replica_rate,
+            Some(10.0),
+            "200 in 10 s by 2 members"
+        );
+    }
+
+    #[test]
+    fn arrivals_rise_at_once_and_fall_smoothed() {
+        let mut estimator = Estimator::new(EstimatorConfig::default());
+        let at = |t: f64, high: i64| sample(t, 1, vec![partition(0, 0, high, Some(high))]);
+        estimator.observe(at(0.0, 0));
+        assert_eq!(estimator.observe(at(10.0, 100)).arrival_rate, 10.0);
+        assert_eq!(
+            estimator.observe(at(20.0, 1100)).arrival_rate,
+            100.0,
+            "a surge at once"
+        );
+        assert_eq!(
+            estimator.observe(at(30.0, 1100)).arrival_rate,
+            50.0,
+            "a lull by halves"
+        );
     }
 
     #[test]
