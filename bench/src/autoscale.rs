@@ -300,16 +300,6 @@ impl Scaler for Osmosis {
                 world.requested(),
                 f64::from(t),
             );
-                eprintln!(
-                    "t={t} cur={} {} obs lag={} arr={:.0} cap={:?} reb={}",
-                    world.requested(),
-                    decision.reason,
-                    observation.lag,
-                    observation.arrival_rate,
-                    observation.per_replica_rate,
-                    observation.rebalancing
-                );
-            }
             self.desired = decision.replicas;
         }
         self.desired
