@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -62,6 +62,8 @@ pub struct Context {
     recorder: Recorder,
     started: Instant,
     scalers: Mutex<HashMap<String, ScalerMemory>>,
+    /// Scale targets' API resources by (apiVersion, kind), from discovery.
+    resources: Mutex<HashMap<(String, String), ApiResource>>,
 }
 
 /// The policy's spec from the resource's spec.
@@ -198,10 +200,23 @@ async fn reconcile_scaler(
         Some((group, version)) => (group.to_owned(), version.to_owned()),
         None => (String::new(), target.api_version.clone()),
     };
-    let gvk = GroupVersionKind::gvk(&group, &version, &target.kind);
-    let (resource, _) = kube::discovery::pinned_kind(&ctx.client, &gvk)
-        .await
-        .map_err(|_| Error::UnknownTarget(format!("{}/{}", target.kind, target.name)))?;
+    let type_key = (target.api_version.clone(), target.kind.clone());
+    let known = ctx.resources.lock().unwrap().get(&type_key).cloned();
+    let resource = match known {
+        Some(resource) => resource,
+        None => {
+            // Discovery once per kind, not once per poll.
+            let gvk = GroupVersionKind::gvk(&group, &version, &target.kind);
+            let (resource, _) = kube::discovery::pinned_kind(&ctx.client, &gvk)
+                .await
+                .map_err(|_| Error::UnknownTarget(format!("{}/{}", target.kind, target.name)))?;
+            ctx.resources
+                .lock()
+                .unwrap()
+                .insert(type_key, resource.clone());
+            resource
+        }
+    };
     let targets: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
     let scale = targets.get_scale(&target.name).await?;
@@ -414,6 +429,7 @@ pub async fn run(
         client: client.clone(),
         started: Instant::now(),
         scalers: Mutex::new(HashMap::new()),
+        resources: Mutex::new(HashMap::new()),
     });
     let scalers: Api<ChannelScaler> = match &namespace {
         Some(namespace) => Api::namespaced(client, namespace),

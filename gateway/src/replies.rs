@@ -247,25 +247,11 @@ impl ReplyHub {
         if high <= low {
             return Ok(Lookup::Unknown);
         }
-        // Clocks of gateway and broker differ a little: start a bit earlier.
-        let since = id.created_at() - Duration::from_secs(5);
-        let since_ms = since
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as i64;
-        let mut query = TopicPartitionList::new();
-        query
-            .add_partition_offset(&self.topic, partition, Offset::Offset(since_ms))
-            .map_err(failed)?;
-        let start = consumer
-            .offsets_for_times(query, self.metadata_timeout)
+        let Some(start) = self
+            .first_offset_since(consumer, id, partition)
             .map_err(failed)?
-            .find_partition(&self.topic, partition)
-            .map(|e| e.offset());
-        let start = match start {
-            Some(Offset::Offset(offset)) => offset,
-            // No record at or after that time.
-            _ => return Ok(Lookup::Unknown),
+        else {
+            return Ok(Lookup::Unknown);
         };
         let mut assignment = TopicPartitionList::new();
         assignment
@@ -335,27 +321,15 @@ impl ReplyHub {
         let consumer: BaseConsumer = self.client_config.create()?;
         let start = match after {
             Some(offset) => offset + 1,
-            None => {
-                let since = id.created_at() - Duration::from_secs(5);
-                let since_ms = since
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis() as i64;
-                let mut query = TopicPartitionList::new();
-                query.add_partition_offset(&self.topic, partition, Offset::Offset(since_ms))?;
-                match consumer
-                    .offsets_for_times(query, self.metadata_timeout)?
-                    .find_partition(&self.topic, partition)
-                    .map(|e| e.offset())
-                {
-                    Some(Offset::Offset(offset)) => offset,
-                    _ => {
-                        consumer
-                            .fetch_watermarks(&self.topic, partition, self.metadata_timeout)?
-                            .1
-                    }
+            None => match self.first_offset_since(&consumer, id, partition)? {
+                Some(offset) => offset,
+                // Nothing since the id's time yet: from the end, live.
+                None => {
+                    consumer
+                        .fetch_watermarks(&self.topic, partition, self.metadata_timeout)?
+                        .1
                 }
-            }
+            },
         };
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
@@ -379,6 +353,34 @@ impl ReplyHub {
             }
         }
         Ok(())
+    }
+
+    /// The first offset of `partition` at or after the time `id` was created
+    /// (minus a little clock skew between gateway and broker); `None` when
+    /// no record is that recent.
+    fn first_offset_since(
+        &self,
+        consumer: &BaseConsumer,
+        id: RequestId,
+        partition: i32,
+    ) -> Result<Option<i64>, KafkaError> {
+        let since = id.created_at() - Duration::from_secs(5);
+        let since_ms = since
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        let mut query = TopicPartitionList::new();
+        query.add_partition_offset(&self.topic, partition, Offset::Offset(since_ms))?;
+        let found = consumer.offsets_for_times(query, self.metadata_timeout)?;
+        Ok(
+            match found
+                .find_partition(&self.topic, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(offset)) => Some(offset),
+                _ => None,
+            },
+        )
     }
 
     /// Hands a consumed event to its waiter and remembers final replies.

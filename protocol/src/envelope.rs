@@ -116,11 +116,7 @@ impl RequestEnvelope {
         let mut forwarded = Vec::new();
         for (name, value) in pairs {
             let value = value.unwrap_or_default();
-            let text = |header: &'static str| {
-                std::str::from_utf8(value)
-                    .map(str::to_owned)
-                    .map_err(|_| DecodeError::NotUtf8(header))
-            };
+            let text = |header| text(value, header).map(str::to_owned);
             match name {
                 headers::REQUEST_ID => id = Some(text(headers::REQUEST_ID)?.parse()?),
                 headers::ROUTE => route = Some(text(headers::ROUTE)?),
@@ -158,12 +154,17 @@ impl RequestEnvelope {
     }
 }
 
+/// A header value as text.
+pub(crate) fn text<'a>(value: &'a [u8], header: &'static str) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8(header))
+}
+
 /// Parses a decimal header value.
 pub(crate) fn number<T: std::str::FromStr>(
     value: &[u8],
     header: &'static str,
 ) -> Result<T, DecodeError> {
-    std::str::from_utf8(value)
+    text(value, header)
         .ok()
         .and_then(|text| text.parse().ok())
         .ok_or(DecodeError::NotANumber(header))

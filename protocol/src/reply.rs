@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use crate::envelope::number;
+use crate::envelope::{number, text};
 use crate::{DecodeError, RequestId, headers};
 
 /// What a reply record is.
@@ -95,11 +95,7 @@ impl ReplyEnvelope {
         for (name, value) in pairs {
             let value = value.unwrap_or_default();
             match name {
-                headers::REQUEST_ID => {
-                    let text = std::str::from_utf8(value)
-                        .map_err(|_| DecodeError::NotUtf8(headers::REQUEST_ID))?;
-                    id = Some(text.parse()?);
-                }
+                headers::REQUEST_ID => id = Some(text(value, headers::REQUEST_ID)?.parse()?),
                 headers::EVENT => {
                     kind = Some(
                         EventKind::parse(value).ok_or(DecodeError::UnknownValue(headers::EVENT))?,
@@ -107,11 +103,7 @@ impl ReplyEnvelope {
                 }
                 headers::STATUS => status = Some(number(value, headers::STATUS)?),
                 headers::CONTENT_TYPE => {
-                    content_type = Some(
-                        std::str::from_utf8(value)
-                            .map_err(|_| DecodeError::NotUtf8(headers::CONTENT_TYPE))?
-                            .to_owned(),
-                    );
+                    content_type = Some(text(value, headers::CONTENT_TYPE)?.to_owned());
                 }
                 other if headers::is_reserved(other) => {}
                 other => extra.push((other.to_owned(), value.to_vec())),
