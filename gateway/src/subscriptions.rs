@@ -397,6 +397,23 @@ fn watermarks(
     timeout: Duration,
 ) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
     let consumer: BaseConsumer = client_config.create()?;
+    // A partition whose leader is still being elected (a topic just
+    // created, a broker failing over) answers an error for a moment: retry
+    // within the timeout before the client hears 503.
+    let deadline = Instant::now() + timeout;
+    loop {
+        match read_watermarks(&consumer, topic, timeout) {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            outcome => return outcome,
+        }
+    }
+}
+
+fn read_watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut out = BTreeMap::new();
     for t in metadata.topics().iter().filter(|t| t.name() == topic) {
