@@ -6,9 +6,15 @@
 //! Per-scaler memory (the Kafka probe, the estimator, the policy's windows)
 //! lives in the controller's context, keyed by the scaler and rebuilt when
 //! its Kafka settings change.
+//!
+//! Between polls, each scaler's surge watch reads the topic's end offsets
+//! every `surgeWatchSeconds` and, when arrivals outrun what the estimator
+//! knows and the replicas can process, triggers a reconcile at once
+//! (`Controller::reconcile_on`). It also forgets scalers that stopped being
+//! reconciled (deleted), so their Kafka clients do not linger.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,6 +24,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams}
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -53,6 +60,28 @@ struct ScalerMemory {
     probe: Result<Arc<Probe>, String>,
     estimator: Estimator,
     policy: PolicyState,
+    /// Replicas asked for at the last reconcile, for the surge check.
+    replicas: u32,
+    /// Surge watch period from the spec; zero: off.
+    surge_watch: Duration,
+    poll: Duration,
+    /// The scaler's generation at the last measurement.
+    generation: Option<i64>,
+    measured_at: Instant,
+    /// A surge reconcile was triggered and has not run yet.
+    surge_pending: bool,
+    /// Held only to stop the surge watch task when the memory is replaced
+    /// or forgotten.
+    _surge_watch: Option<AbortOnDrop>,
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Shared by every reconcile.
@@ -64,6 +93,8 @@ pub struct Context {
     scalers: Mutex<HashMap<String, ScalerMemory>>,
     /// Scale targets' API resources by (apiVersion, kind), from discovery.
     resources: Mutex<HashMap<(String, String), ApiResource>>,
+    /// Where surge watches ask for a reconcile.
+    surges: futures::channel::mpsc::UnboundedSender<ObjectRef<ChannelScaler>>,
 }
 
 /// The policy's spec from the resource's spec.
@@ -194,6 +225,16 @@ async fn reconcile_scaler(
     let key = format!("{namespace}/{name}");
     let poll = Duration::from_secs(scaler.spec.poll_interval_seconds.max(1) as u64);
 
+    // Every status write comes back as a watch event; measuring on those
+    // would poll as fast as the API server answers. Between polls, only a
+    // new spec or a surge is worth a measurement.
+    if let Some(memory) = ctx.scalers.lock().unwrap().get(&key) {
+        let since = memory.measured_at.elapsed();
+        if since < poll && !memory.surge_pending && memory.generation == scaler.meta().generation {
+            return Ok(Action::requeue(poll - since));
+        }
+    }
+
     // The target, through discovery: anything with a /scale subresource.
     let target = &scaler.spec.scale_target_ref;
     let (group, version) = match target.api_version.split_once('/') {
@@ -238,6 +279,15 @@ async fn reconcile_scaler(
             let probe = Probe::new(&kafka_key.0, &properties, &kafka_key.1, &kafka_key.2)
                 .map(Arc::new)
                 .map_err(|error| error.to_string());
+            let watch = probe.as_ref().ok().map(|probe| {
+                let task = tokio::spawn(surge_watch(
+                    Arc::downgrade(ctx),
+                    key.clone(),
+                    ObjectRef::from_obj(scaler.as_ref()),
+                    Arc::clone(probe),
+                ));
+                AbortOnDrop(task.abort_handle())
+            });
             scalers.insert(
                 key.clone(),
                 ScalerMemory {
@@ -246,13 +296,23 @@ async fn reconcile_scaler(
                     probe,
                     estimator: Estimator::new(EstimatorConfig::default()),
                     policy: PolicyState::default(),
+                    replicas: current,
+                    surge_watch: Duration::ZERO,
+                    poll,
+                    generation: None,
+                    measured_at: Instant::now(),
+                    surge_pending: false,
+                    _surge_watch: watch,
                 },
             );
         }
-        (
-            scalers[&key].probe.clone(),
-            ctx.started.elapsed().as_secs_f64(),
-        )
+        let memory = scalers.get_mut(&key).expect("inserted above");
+        memory.surge_watch = Duration::from_secs(scaler.spec.surge_watch_seconds.max(0) as u64);
+        memory.poll = poll;
+        memory.generation = scaler.meta().generation;
+        memory.measured_at = Instant::now();
+        memory.surge_pending = false;
+        (memory.probe.clone(), ctx.started.elapsed().as_secs_f64())
     };
     let sample = match probe {
         Ok(probe) => tokio::task::spawn_blocking(move || probe.sample(now))
@@ -276,6 +336,11 @@ async fn reconcile_scaler(
             current,
             now,
         );
+        memory.replicas = if scaler.spec.paused {
+            current
+        } else {
+            decision.replicas
+        };
         (
             observation,
             decision,
@@ -317,6 +382,7 @@ async fn reconcile_scaler(
 
     // Report.
     let m = &ctx.metrics;
+    m.measurements.get_or_create(&labels).inc();
     if observation.is_none() {
         m.measurement_errors.get_or_create(&labels).inc();
     }
@@ -388,6 +454,17 @@ async fn reconcile_scaler(
         },
         condition("Ready", reachable, "Reconciled", decision.reason),
     ];
+    // A condition's transition time is when its status last changed.
+    let previous = scaler.status.as_ref().map(|s| s.conditions.as_slice());
+    for condition in &mut status.conditions {
+        if let Some(before) = previous
+            .into_iter()
+            .flatten()
+            .find(|c| c.r#type == condition.r#type && c.status == condition.status)
+        {
+            condition.last_transition_time = before.last_transition_time.clone();
+        }
+    }
     let scalers: Api<ChannelScaler> = Api::namespaced(ctx.client.clone(), &namespace);
     let apply = json!({
         "apiVersion": ChannelScaler::api_version(&()),
@@ -404,6 +481,83 @@ async fn reconcile_scaler(
     Ok(Action::requeue(poll))
 }
 
+/// How long a scaler may go without a reconcile before its memory is
+/// dropped: it was deleted (reconciles come at least every poll otherwise).
+fn forgotten_after(poll: Duration) -> Duration {
+    poll * 3 + Duration::from_secs(60)
+}
+
+/// One scaler's surge watch: between polls, the topic's end offsets every
+/// `surgeWatchSeconds`; a surge triggers a reconcile at once. Ends when the
+/// scaler's memory is replaced or forgotten.
+async fn surge_watch(
+    ctx: Weak<Context>,
+    key: String,
+    scaler: ObjectRef<ChannelScaler>,
+    probe: Arc<Probe>,
+) {
+    loop {
+        let Some(period) = ctx.upgrade().and_then(|ctx| {
+            let mut scalers = ctx.scalers.lock().unwrap();
+            let memory = scalers.get(&key)?;
+            if memory.measured_at.elapsed() > forgotten_after(memory.poll) {
+                tracing::info!(scaler = %key, "no longer reconciled: forgetting it");
+                scalers.remove(&key);
+                return None;
+            }
+            Some(if memory.surge_watch.is_zero() {
+                memory.poll
+            } else {
+                memory.surge_watch
+            })
+        }) else {
+            return;
+        };
+        tokio::time::sleep(period).await;
+        let reading = Arc::clone(&probe);
+        let arrived = match tokio::task::spawn_blocking(move || reading.arrived()).await {
+            Ok(Ok(arrived)) => arrived,
+            Ok(Err(error)) => {
+                tracing::debug!(scaler = %key, %error, "surge watch read failed");
+                continue;
+            }
+            Err(_) => return,
+        };
+        let Some(ctx) = ctx.upgrade() else {
+            return;
+        };
+        let surge = {
+            let mut scalers = ctx.scalers.lock().unwrap();
+            let Some(memory) = scalers.get_mut(&key) else {
+                return;
+            };
+            let now = ctx.started.elapsed().as_secs_f64();
+            let surge = !memory.surge_watch.is_zero()
+                && !memory.surge_pending
+                && memory.estimator.surging(now, arrived, memory.replicas);
+            memory.surge_pending |= surge;
+            surge
+        };
+        if surge {
+            tracing::info!(scaler = %key, "arrivals surge: reconciling before the next poll");
+            ctx.metrics
+                .surges
+                .get_or_create(&scaler_labels(&scaler))
+                .inc();
+            if ctx.surges.unbounded_send(scaler.clone()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn scaler_labels(scaler: &ObjectRef<ChannelScaler>) -> ScalerLabels {
+    ScalerLabels {
+        namespace: scaler.namespace.clone().unwrap_or_default(),
+        name: scaler.name.clone(),
+    }
+}
+
 fn error_policy(scaler: Arc<ChannelScaler>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(scaler = %scaler.name_any(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
@@ -417,6 +571,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let (surges, surged) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(Context {
         metrics: Arc::clone(&metrics),
         recorder: Recorder::new(
@@ -430,6 +585,7 @@ pub async fn run(
         started: Instant::now(),
         scalers: Mutex::new(HashMap::new()),
         resources: Mutex::new(HashMap::new()),
+        surges,
     });
     let scalers: Api<ChannelScaler> = match &namespace {
         Some(namespace) => Api::namespaced(client, namespace),
@@ -440,6 +596,7 @@ pub async fn run(
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("controller started");
     Controller::new(scalers, watcher::Config::default())
+        .reconcile_on(surged)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

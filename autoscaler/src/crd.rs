@@ -71,6 +71,13 @@ pub struct ChannelScalerSpec {
     #[serde(default = "default_poll_interval_seconds")]
     #[x_kube(validation = Rule::new("self >= 1").message("pollIntervalSeconds must be at least 1"))]
     pub poll_interval_seconds: i64,
+    /// Seconds between reads of the topic's end offsets in between polls
+    /// (one ListOffsets request): arrivals that outrun the known rate and
+    /// the replicas' capacity bring the next measurement forward, so a
+    /// surge is acted on within this time rather than within a poll. 0: off.
+    #[serde(default = "default_surge_watch_seconds")]
+    #[x_kube(validation = Rule::new("self >= 0").message("surgeWatchSeconds must not be negative"))]
+    pub surge_watch_seconds: i64,
     /// Stop scaling (the status keeps being updated).
     #[serde(default)]
     pub paused: bool,
@@ -232,6 +239,9 @@ fn default_idle_seconds() -> i64 {
 }
 fn default_poll_interval_seconds() -> i64 {
     5
+}
+fn default_surge_watch_seconds() -> i64 {
+    1
 }
 
 /// The CRD as YAML, as `crdgen` prints it and `autoscaler/crd/` holds it.

@@ -53,11 +53,15 @@ pub struct EstimatorConfig {
     pub offset_reset: OffsetReset,
     /// Weight of the newest rate in the moving averages (0..1].
     pub smoothing: f64,
-    /// Polls without progress, with lag, after which a partition is stuck.
-    pub stuck_after_polls: u32,
+    /// Seconds without progress, with lag, after which a partition is stuck
+    /// (time, not polls: a surge brings polls forward).
+    pub stuck_after_seconds: f64,
     /// Backlog per group member above which the members count as busy: a
     /// rate measured while they keep up is their load, not their capacity.
     pub busy_lag_per_member: u64,
+    /// Arrivals this many times the known arrival rate (and beyond the
+    /// replicas' capacity) make a surge: measure now, not at the next poll.
+    pub surge_factor: f64,
 }
 
 impl Default for EstimatorConfig {
@@ -65,8 +69,9 @@ impl Default for EstimatorConfig {
         Self {
             offset_reset: OffsetReset::Earliest,
             smoothing: 0.5,
-            stuck_after_polls: 12,
+            stuck_after_seconds: 60.0,
             busy_lag_per_member: 10,
+            surge_factor: 1.5,
         }
     }
 }
@@ -77,7 +82,8 @@ struct PartitionHistory {
     /// (time, high watermark) points, oldest first, for time lag.
     arrivals: VecDeque<(f64, i64)>,
     last_committed: Option<i64>,
-    polls_without_progress: u32,
+    /// When the consumers' position last moved, or the lag was last zero.
+    progress_at: f64,
 }
 
 /// Turns successive samples into observations.
@@ -123,20 +129,24 @@ impl Estimator {
         for p in &sample.partitions {
             let position = self.position(p);
             let partition_lag = (p.high_watermark - position).max(0) as u64;
-            let stuck_after = self.config.stuck_after_polls;
-            let history = self.partitions.entry(p.partition).or_default();
+            let stuck_after = self.config.stuck_after_seconds;
+            let history = self
+                .partitions
+                .entry(p.partition)
+                .or_insert_with(|| PartitionHistory {
+                    progress_at: sample.at,
+                    ..PartitionHistory::default()
+                });
             history.arrivals.push_back((sample.at, p.high_watermark));
             while history.arrivals.len() > HISTORY {
                 history.arrivals.pop_front();
             }
             let progressed = history.last_committed != Some(position);
-            history.polls_without_progress = if progressed || partition_lag == 0 {
-                0
-            } else {
-                history.polls_without_progress + 1
-            };
+            if progressed || partition_lag == 0 {
+                history.progress_at = sample.at;
+            }
             history.last_committed = Some(position);
-            let stuck = sample.members > 0 && history.polls_without_progress >= stuck_after;
+            let stuck = sample.members > 0 && sample.at - history.progress_at >= stuck_after;
             if stuck {
                 stuck_lag += partition_lag;
                 continue;
@@ -229,11 +239,40 @@ impl Estimator {
 
     /// Partitions reported stuck at the last observation.
     pub fn stuck_partitions(&self) -> Vec<i32> {
+        let Some(last) = &self.previous else {
+            return Vec::new();
+        };
+        if last.members == 0 {
+            return Vec::new();
+        }
         self.partitions
             .iter()
-            .filter(|(_, h)| h.polls_without_progress >= self.config.stuck_after_polls)
+            .filter(|(_, h)| last.at - h.progress_at >= self.config.stuck_after_seconds)
             .map(|(p, _)| *p)
             .collect()
+    }
+
+    /// Whether the channel's arrivals since the last sample, `arrived` being
+    /// the sum of its high watermarks at `at`, make a surge: faster than
+    /// `surge_factor` × the known arrival rate and than `replicas` can
+    /// process. Then measuring now, rather than at the next poll, lets the
+    /// policy act seconds earlier. Each surge raises the known rate, so a
+    /// steady stream does not keep triggering.
+    pub fn surging(&self, at: f64, arrived: i64, replicas: u32) -> bool {
+        let Some(previous) = &self.previous else {
+            return false;
+        };
+        let elapsed = at - previous.at;
+        if elapsed <= 0.0 {
+            return false;
+        }
+        let before: i64 = previous.partitions.iter().map(|p| p.high_watermark).sum();
+        let rate = (arrived - before).max(0) as f64 / elapsed;
+        let known = self.arrival_rate.unwrap_or(0.0);
+        let capacity = self
+            .per_replica_rate
+            .map_or(0.0, |per_replica| per_replica * f64::from(replicas));
+        rate > 0.0 && rate > known * self.config.surge_factor && rate > capacity
     }
 }
 
@@ -409,7 +448,7 @@ mod tests {
     #[test]
     fn a_partition_without_progress_becomes_stuck_and_leaves_the_lag() {
         let mut estimator = Estimator::new(EstimatorConfig {
-            stuck_after_polls: 3,
+            stuck_after_seconds: 3.0,
             ..EstimatorConfig::default()
         });
         let mut observation = None;
@@ -433,5 +472,66 @@ mod tests {
         assert_eq!(estimator.stuck_partitions(), [0]);
         assert_eq!(observation.stuck_lag, 90);
         assert_eq!(observation.lag, 5);
+    }
+
+    #[test]
+    fn quick_polls_do_not_make_a_partition_stuck_sooner() {
+        let mut estimator = Estimator::new(EstimatorConfig {
+            stuck_after_seconds: 60.0,
+            ..EstimatorConfig::default()
+        });
+        for poll in 0..30 {
+            estimator.observe(sample(
+                f64::from(poll),
+                1,
+                vec![partition(0, 0, 100, Some(10))],
+            ));
+        }
+        assert!(estimator.stuck_partitions().is_empty(), "30 polls in 29 s");
+        estimator.observe(sample(60.0, 1, vec![partition(0, 0, 100, Some(10))]));
+        assert_eq!(estimator.stuck_partitions(), [0], "60 s without progress");
+    }
+
+    #[test]
+    fn a_surge_shows_in_the_end_offsets_before_the_next_poll() {
+        let mut estimator = Estimator::new(EstimatorConfig::default());
+        // 50/s arrive; two members process 25/s each with a steady backlog.
+        let busy = |t: f64, high: i64, committed: i64| {
+            sample(
+                t,
+                2,
+                vec![
+                    partition(0, 0, high / 2, Some(committed / 2)),
+                    partition(1, 0, high / 2, Some(committed / 2)),
+                ],
+            )
+        };
+        estimator.observe(busy(0.0, 0, 0));
+        estimator.observe(busy(5.0, 250, 150));
+        let known = estimator.observe(busy(10.0, 500, 400));
+        assert_eq!(known.arrival_rate, 50.0);
+        assert_eq!(known.per_replica_rate, Some(20.0));
+        assert!(
+            !estimator.surging(11.0, 550, 2),
+            "50/s: the rate already known"
+        );
+        assert!(
+            !estimator.surging(11.0, 580, 6),
+            "80/s: more than known, but 6 replicas process 120/s"
+        );
+        assert!(
+            estimator.surging(11.0, 580, 2),
+            "80/s: beyond 1.5 × 50/s and beyond 2 × 20/s"
+        );
+        let surge = estimator.observe(busy(12.0, 1500, 440));
+        assert_eq!(surge.arrival_rate, 500.0, "taken at once");
+        assert!(
+            !estimator.surging(13.0, 2000, 2),
+            "the same 500/s again is no new surge"
+        );
+        assert!(
+            !Estimator::new(EstimatorConfig::default()).surging(1.0, 1000, 0),
+            "no sample yet: the first poll measures"
+        );
     }
 }

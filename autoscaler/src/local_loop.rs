@@ -1,5 +1,6 @@
 //! The control loop for the local target: measure, estimate, decide, scale
-//! a [`ProcessPool`], and say why. The same policy and estimator as the
+//! a [`ProcessPool`], and say why; between polls, watch the end offsets for
+//! a surge that should not wait for the next poll. The same policy and estimator as the
 //! Kubernetes controller; only the actuation differs.
 
 use std::future::Future;
@@ -19,6 +20,9 @@ pub struct LocalConfig {
     pub spec: ScalerSpec,
     pub estimator: EstimatorConfig,
     pub poll_interval: Duration,
+    /// Between polls, read the end offsets this often and poll at once on a
+    /// surge ([`Estimator::surging`]); `None`: polls only.
+    pub surge_watch: Option<Duration>,
     /// Worker command; `{replica}` is replaced by the replica's number.
     pub command: Vec<String>,
     pub drain_timeout: Duration,
@@ -44,11 +48,31 @@ pub async fn run(
     let started = Instant::now();
     let mut tick = tokio::time::interval(config.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = tokio::time::interval(config.surge_watch.unwrap_or(config.poll_interval));
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => {}
+            _ = watch.tick(), if config.surge_watch.is_some() => {
+                let reading = std::sync::Arc::clone(&probe);
+                let arrived = tokio::task::spawn_blocking(move || reading.arrived())
+                    .await
+                    .expect("surge watch task panicked");
+                let now = started.elapsed().as_secs_f64();
+                match arrived {
+                    Ok(arrived) if estimator.surging(now, arrived, pool.replicas()) => {
+                        tracing::info!("arrivals surge: measuring before the next poll");
+                        tick.reset();
+                    }
+                    Ok(_) => continue,
+                    Err(error) => {
+                        tracing::debug!(%error, "surge watch read failed");
+                        continue;
+                    }
+                }
+            }
         }
         let now = started.elapsed().as_secs_f64();
         let sampling = std::sync::Arc::clone(&probe);

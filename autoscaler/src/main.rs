@@ -98,8 +98,13 @@ struct LocalArgs {
     /// Scale-down stabilisation window.
     #[arg(long, default_value_t = 30.0)]
     scale_down_stabilization_seconds: f64,
+    /// Milliseconds between measurements.
     #[arg(long, default_value_t = 5000)]
     poll_interval_ms: u64,
+    /// Milliseconds between reads of the channel's end offsets in between
+    /// polls; a surge of arrivals brings the next poll forward. 0: off.
+    #[arg(long, default_value_t = 1000)]
+    surge_watch_ms: u64,
     /// How long a stopped worker may take to drain before it is killed.
     #[arg(long, default_value_t = 30_000)]
     drain_timeout_ms: u64,
@@ -235,6 +240,8 @@ async fn main() -> anyhow::Result<()> {
                     ..EstimatorConfig::default()
                 },
                 poll_interval: Duration::from_millis(args.poll_interval_ms),
+                surge_watch: (args.surge_watch_ms > 0)
+                    .then(|| Duration::from_millis(args.surge_watch_ms)),
                 command: args.command,
                 drain_timeout: Duration::from_millis(args.drain_timeout_ms),
             };

@@ -3,6 +3,7 @@
 //! the group's committed offset; the group's state and member count. No
 //! message is read. Blocking (librdkafka); call it from a blocking task.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -19,6 +20,8 @@ pub enum MeasureError {
     Kafka(#[from] KafkaError),
     #[error("topic {0:?} not found")]
     NoTopic(String),
+    #[error("the broker gave no offset for partition {0}")]
+    NoOffset(i32),
 }
 
 /// Polls one topic and one consumer group.
@@ -54,8 +57,8 @@ impl Probe {
         })
     }
 
-    /// One sample at `at` seconds on the caller's clock.
-    pub fn sample(&self, at: f64) -> Result<Sample, MeasureError> {
+    /// The topic's partitions, from the cluster's metadata.
+    fn partitions(&self) -> Result<TopicPartitionList, MeasureError> {
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), self.timeout)?;
@@ -64,25 +67,68 @@ impl Probe {
             .iter()
             .find(|t| t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty())
             .ok_or_else(|| MeasureError::NoTopic(self.topic.clone()))?;
-        let mut query = TopicPartitionList::new();
+        let mut partitions = TopicPartitionList::new();
         for partition in topic.partitions() {
-            query.add_partition(&self.topic, partition.id());
+            partitions.add_partition(&self.topic, partition.id());
         }
+        Ok(partitions)
+    }
+
+    /// Every partition's offset at `position` (`Beginning` or `End`), in
+    /// one ListOffsets request per leader rather than one per partition.
+    fn offsets_at(
+        &self,
+        partitions: &TopicPartitionList,
+        position: Offset,
+    ) -> Result<Vec<(i32, i64)>, MeasureError> {
+        let mut query = partitions.clone();
+        query.set_all_offsets(position)?;
+        let answer = self.consumer.offsets_for_times(query, self.timeout)?;
+        answer
+            .elements()
+            .iter()
+            .map(|e| {
+                e.error()?;
+                match e.offset() {
+                    Offset::Offset(offset) => Ok((e.partition(), offset)),
+                    _ => Err(MeasureError::NoOffset(e.partition())),
+                }
+            })
+            .collect()
+    }
+
+    /// The sum of the topic's end offsets (high watermarks): all the channel
+    /// ever received. One metadata and one ListOffsets request; what the
+    /// surge watch reads between polls.
+    pub fn arrived(&self) -> Result<i64, MeasureError> {
+        let partitions = self.partitions()?;
+        Ok(self
+            .offsets_at(&partitions, Offset::End)?
+            .iter()
+            .map(|(_, offset)| offset)
+            .sum())
+    }
+
+    /// One sample at `at` seconds on the caller's clock.
+    pub fn sample(&self, at: f64) -> Result<Sample, MeasureError> {
+        let query = self.partitions()?;
+        let starts: HashMap<i32, i64> = self
+            .offsets_at(&query, Offset::Beginning)?
+            .into_iter()
+            .collect();
+        let ends = self.offsets_at(&query, Offset::End)?;
         let committed = self.consumer.committed_offsets(query, self.timeout)?;
-        let mut partitions = Vec::with_capacity(topic.partitions().len());
-        for partition in topic.partitions() {
-            let (log_start, high_watermark) =
-                self.consumer
-                    .fetch_watermarks(&self.topic, partition.id(), self.timeout)?;
+        let mut partitions = Vec::with_capacity(ends.len());
+        for (partition, high_watermark) in ends {
             let committed = committed
-                .find_partition(&self.topic, partition.id())
+                .find_partition(&self.topic, partition)
                 .and_then(|e| match e.offset() {
                     Offset::Offset(offset) => Some(offset),
                     _ => None,
                 });
             partitions.push(PartitionSample {
-                partition: partition.id(),
-                log_start,
+                partition,
+                log_start: starts.get(&partition).copied().unwrap_or(0),
                 high_watermark,
                 committed,
             });

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub current_replicas: Family<ScalerLabels, Gauge>,
     pub scale_events: Family<ScalerLabels, Counter>,
     pub measurement_errors: Family<ScalerLabels, Counter>,
+    /// Kafka measurements taken (polls and surges).
+    pub measurements: Family<ScalerLabels, Counter>,
+    /// Reconciles brought forward by the surge watch.
+    pub surges: Family<ScalerLabels, Counter>,
     pub reconcile_duration: Histogram,
     /// Set once the controller runs (and, with leader election, leads).
     pub ready: AtomicBool,
@@ -89,6 +93,18 @@ impl Default for Metrics {
             "Kafka measurements that failed (the last decision was held)",
             measurement_errors.clone(),
         );
+        let measurements = Family::<ScalerLabels, Counter>::default();
+        registry.register(
+            "measurements",
+            "Kafka measurements taken, by poll or surge",
+            measurements.clone(),
+        );
+        let surges = Family::<ScalerLabels, Counter>::default();
+        registry.register(
+            "surges",
+            "Measurements brought forward by the surge watch",
+            surges.clone(),
+        );
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         registry.register(
             "reconcile_duration_seconds",
@@ -105,6 +121,8 @@ impl Default for Metrics {
             current_replicas,
             scale_events,
             measurement_errors,
+            measurements,
+            surges,
             reconcile_duration,
             ready: AtomicBool::new(false),
         }

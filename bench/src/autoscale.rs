@@ -3,7 +3,9 @@
 //! rebalance pauses of the partitions that move) driven by three scalers:
 //!
 //! - **Osmosis**: the same estimator and policy code the autoscaler runs,
-//!   fed with simulated watermarks and commits every poll;
+//!   fed with simulated watermarks and commits every 5 s poll, and its
+//!   surge watch reading the end offsets every second in between (also
+//!   shown without it, "polls only");
 //! - **KEDA + HPA** with their default constants: 30 s polling, 15 s HPA
 //!   sync, 10 % tolerance, scale-up of at most max(2×, +4) per 15 s, 300 s
 //!   scale-down stabilisation, 300 s cooldown to zero, `lagThreshold` 10,
@@ -260,6 +262,14 @@ impl World {
         }
     }
 
+    /// The sum of the high watermarks, as the surge watch reads it.
+    fn arrived(&self) -> i64 {
+        self.partitions
+            .iter()
+            .map(|p| p.arrived.floor() as i64)
+            .sum()
+    }
+
     fn sample(&self, t: u32) -> Sample {
         Sample {
             at: f64::from(t),
@@ -286,12 +296,18 @@ struct Osmosis {
     estimator: Estimator,
     state: PolicyState,
     poll: u32,
+    surge_watch: bool,
     desired: u32,
 }
 
 impl Scaler for Osmosis {
     fn tick(&mut self, t: u32, world: &World) -> u32 {
-        if t.is_multiple_of(self.poll) {
+        // The surge watch: the end offsets every second between polls.
+        let surge = self.surge_watch
+            && self
+                .estimator
+                .surging(f64::from(t), world.arrived(), world.requested());
+        if t.is_multiple_of(self.poll) || surge {
             let observation = self.estimator.observe(world.sample(t));
             let decision = policy::decide(
                 &self.spec,
@@ -473,7 +489,7 @@ fn simulate(args: &AutoscaleArgs, trace: &Trace, scaler: &mut dyn Scaler, initia
     }
 }
 
-fn osmosis(args: &AutoscaleArgs) -> Osmosis {
+fn osmosis(args: &AutoscaleArgs, surge_watch: bool) -> Osmosis {
     let drain = args.slo_seconds;
     Osmosis {
         spec: ScalerSpec {
@@ -490,6 +506,7 @@ fn osmosis(args: &AutoscaleArgs) -> Osmosis {
         estimator: Estimator::new(EstimatorConfig::default()),
         state: PolicyState::default(),
         poll: 5,
+        surge_watch,
         desired: 0,
     }
 }
@@ -521,7 +538,8 @@ pub fn run(args: AutoscaleArgs) -> anyhow::Result<()> {
     for trace in traces() {
         let initial = 1;
         let mut scalers: Vec<(&str, Box<dyn Scaler>)> = vec![
-            ("Osmosis", Box::new(osmosis(&args))),
+            ("Osmosis", Box::new(osmosis(&args, true))),
+            ("Osmosis, polls only", Box::new(osmosis(&args, false))),
             (
                 "KEDA + HPA",
                 Box::new(Keda {

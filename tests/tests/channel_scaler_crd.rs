@@ -34,6 +34,7 @@ fn spec() -> ChannelScalerSpec {
         idle_seconds: 300,
         behavior: ScalingBehavior::default(),
         poll_interval_seconds: 5,
+        surge_watch_seconds: 1,
         paused: false,
     }
 }

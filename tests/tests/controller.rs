@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -71,6 +71,7 @@ fn scaler_spec(target: &str, topic: &str, group: &str) -> ChannelScalerSpec {
             }),
         },
         poll_interval_seconds: 1,
+        surge_watch_seconds: 1,
         paused: false,
     }
 }
@@ -202,6 +203,8 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
             "controller",
             "--listen",
             "127.0.0.1:0",
+            "--namespace",
+            "default",
             "--lease-name",
             &format!("osmosis-autoscaler-{}", std::process::id()),
         ],
@@ -221,7 +224,12 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
         (replicas(&deployments, &name).await == 4).then_some(())
     })
     .await;
-    let status = scalers.get(&name).await.unwrap().status.expect("a status");
+    // The target is scaled before the status is written.
+    let status = eventually(WAIT, "the status of the scale-up", || async {
+        let status = scalers.get(&name).await.ok()?.status?;
+        (status.desired_replicas == 4).then_some(status)
+    })
+    .await;
     assert_eq!(status.lag, 400);
     assert_eq!(status.partitions, 4);
     assert_eq!(status.desired_replicas, 4);
@@ -339,4 +347,127 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
             .iter()
             .any(|c| c.r#type == "KafkaReachable" && c.status == "True")
     );
+}
+
+#[tokio::test]
+async fn a_surge_is_acted_on_long_before_the_next_poll() {
+    let client = osmosis_e2e::kube::client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "channelscalers.osmosis.dev",
+        &PatchParams::apply("osmosis-tests").force(),
+        &Patch::Apply(ChannelScaler::crd()),
+    )
+    .await
+    .expect("applying the CRD");
+    let topic = kafka::create_topic("surge", 4).await;
+    let suffix = &topic[topic.len() - 8..];
+    // A namespace of its own: this test's controller reconciles nothing else.
+    let namespace = format!("surge-{suffix}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({ "metadata": { "name": namespace } }))
+                .unwrap(),
+        )
+        .await
+        .expect("creating the namespace");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    deployments
+        .create(&PostParams::default(), &deployment("worker"))
+        .await
+        .expect("creating the deployment");
+    // Polls an hour apart: only the surge watch can react within the test.
+    let mut spec = scaler_spec("worker", &topic, &format!("{topic}.workers"));
+    spec.poll_interval_seconds = 3600;
+    let scalers: Api<ChannelScaler> = Api::namespaced(client.clone(), &namespace);
+    scalers
+        .create(&PostParams::default(), &ChannelScaler::new("worker", spec))
+        .await
+        .expect("creating the scaler");
+
+    let controller = Service::spawn(
+        "osmosis-autoscaler",
+        &[
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--namespace",
+            &namespace,
+            "--lease-name",
+            &format!("osmosis-autoscaler-{namespace}"),
+        ],
+        &[(
+            "KUBECONFIG",
+            std::env::var(osmosis_e2e::kube::KUBECONFIG_ENV).unwrap(),
+        )],
+    );
+    let metrics_addr = controller.wait_for_log("listening", WAIT)["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The first poll: an empty channel, nothing to do.
+    eventually(WAIT, "the first measurement", || async {
+        let status = scalers.get("worker").await.ok()?.status?;
+        (status.partitions == 4).then_some(())
+    })
+    .await;
+    assert_eq!(replicas(&deployments, "worker").await, 0);
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka::bootstrap())
+        .create()
+        .unwrap();
+    for i in 0..200 {
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&format!("k{i}"))
+                    .payload("work"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    // 200 / 50 per replica, 4 partitions: 4, without waiting for the poll.
+    eventually(WAIT, "4 replicas from the surge watch", || async {
+        (replicas(&deployments, "worker").await == 4).then_some(())
+    })
+    .await;
+    let status = scalers.get("worker").await.unwrap().status.unwrap();
+    // Measured while the messages were still arriving.
+    assert!((1..=200).contains(&status.lag), "{status:?}");
+    assert!(
+        status
+            .last_scale_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("0 → 4")),
+        "{status:?}"
+    );
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counter = |name: &str| -> u64 {
+        let prefix = format!(
+            "osmosis_autoscaler_{name}_total{{namespace=\"{namespace}\",name=\"worker\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+    };
+    let surges = counter("surges");
+    assert!(surges >= 1, "{metrics}");
+    // The status writes come back as watch events; they must not be
+    // measurements of their own: the first poll, then one per surge.
+    assert_eq!(counter("measurements"), 1 + surges, "{metrics}");
+    namespaces
+        .delete(&namespace, &Default::default())
+        .await
+        .expect("deleting the namespace");
 }
