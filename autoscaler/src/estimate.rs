@@ -91,11 +91,18 @@ struct PartitionHistory {
 pub struct Estimator {
     config: EstimatorConfig,
     previous: Option<Sample>,
+    /// The surge watch's last two readings since `previous`, oldest first:
+    /// (time, sum of the high watermarks).
+    readings: VecDeque<(f64, i64)>,
     partitions: BTreeMap<i32, PartitionHistory>,
     arrival_rate: Option<f64>,
     processing_rate: Option<f64>,
     per_replica_rate: Option<f64>,
 }
+
+/// The shortest span a recent arrival rate is taken over, seconds: shorter
+/// ones are mostly the producers' batching.
+const MIN_RECENT_SPAN: f64 = 0.5;
 
 /// Arrival points kept per partition (at a 5 s poll, an hour).
 const HISTORY: usize = 720;
@@ -105,6 +112,7 @@ impl Estimator {
         Self {
             config,
             previous: None,
+            readings: VecDeque::new(),
             partitions: BTreeMap::new(),
             arrival_rate: None,
             processing_rate: None,
@@ -169,14 +177,19 @@ impl Estimator {
                 let processed =
                     sum(&sample, &|p| self.position(p)) - sum(previous, &|p| self.position(p));
                 let arrival = arrived.max(0) as f64 / elapsed;
+                // A surge's onset hides in the average over the whole
+                // interval; the rate since the watch's last reading shows it.
+                let now: i64 = sample.partitions.iter().map(|p| p.high_watermark).sum();
+                let recent = recent_rate(&self.readings, sample.at, now);
+                let rising = recent.map_or(arrival, |recent| recent.max(arrival));
                 let processing = processed.max(0) as f64 / elapsed;
                 // Fast attack, slow decay: a surge is acted on at the poll
                 // that sees it; a lull must last before it counts.
                 self.arrival_rate = Some(match self.arrival_rate {
-                    Some(known) if arrival < known => {
+                    Some(known) if rising < known => {
                         smooth(Some(known), arrival, self.config.smoothing)
                     }
-                    _ => arrival,
+                    _ => rising,
                 });
                 self.processing_rate = Some(smooth(
                     self.processing_rate,
@@ -229,6 +242,7 @@ impl Estimator {
             rebalancing: sample.rebalancing,
         };
         self.previous = Some(sample);
+        self.readings.clear();
         observation
     }
 
@@ -258,22 +272,39 @@ impl Estimator {
     /// process. Then measuring now, rather than at the next poll, lets the
     /// policy act seconds earlier. Each surge raises the known rate, so a
     /// steady stream does not keep triggering.
-    pub fn surging(&self, at: f64, arrived: i64, replicas: u32) -> bool {
+    pub fn surging(&mut self, at: f64, arrived: i64, replicas: u32) -> bool {
         let Some(previous) = &self.previous else {
             return false;
         };
+        let recent = recent_rate(&self.readings, at, arrived);
+        self.readings.push_back((at, arrived));
+        if self.readings.len() > 2 {
+            self.readings.pop_front();
+        }
         let elapsed = at - previous.at;
         if elapsed <= 0.0 {
             return false;
         }
         let before: i64 = previous.partitions.iter().map(|p| p.high_watermark).sum();
         let rate = (arrived - before).max(0) as f64 / elapsed;
+        // The newest second counts too: a surge that began just now.
+        let rate = recent.map_or(rate, |recent| recent.max(rate));
         let known = self.arrival_rate.unwrap_or(0.0);
         let capacity = self
             .per_replica_rate
             .map_or(0.0, |per_replica| per_replica * f64::from(replicas));
         rate > 0.0 && rate > known * self.config.surge_factor && rate > capacity
     }
+}
+
+/// Arrivals per second since the newest reading at least
+/// [`MIN_RECENT_SPAN`] before `at`, when `arrived` had arrived by `at`.
+fn recent_rate(readings: &VecDeque<(f64, i64)>, at: f64, arrived: i64) -> Option<f64> {
+    readings
+        .iter()
+        .rev()
+        .find(|(then, _)| at - then >= MIN_RECENT_SPAN)
+        .map(|(then, before)| (arrived - before).max(0) as f64 / (at - then))
 }
 
 fn smooth(previous: Option<f64>, newest: f64, weight: f64) -> f64 {
@@ -512,21 +543,28 @@ mod tests {
         assert_eq!(known.arrival_rate, 50.0);
         assert_eq!(known.per_replica_rate, Some(20.0));
         assert!(
+            !estimator.clone().surging(11.0, 580, 6),
+            "80/s: more than known, but 6 replicas process 120/s"
+        );
+        assert!(
+            estimator.clone().surging(11.0, 580, 2),
+            "80/s: beyond 1.5 × 50/s and beyond 2 × 20/s"
+        );
+        assert!(
             !estimator.surging(11.0, 550, 2),
             "50/s: the rate already known"
         );
         assert!(
-            !estimator.surging(11.0, 580, 6),
-            "80/s: more than known, but 6 replicas process 120/s"
+            estimator.surging(12.0, 1050, 2),
+            "500/s in the last second, though 275/s since the poll"
+        );
+        let surge = estimator.observe(busy(12.5, 1300, 440));
+        assert_eq!(
+            surge.arrival_rate, 500.0,
+            "taken at once, and from the end: 750 since the 11 s reading"
         );
         assert!(
-            estimator.surging(11.0, 580, 2),
-            "80/s: beyond 1.5 × 50/s and beyond 2 × 20/s"
-        );
-        let surge = estimator.observe(busy(12.0, 1500, 440));
-        assert_eq!(surge.arrival_rate, 500.0, "taken at once");
-        assert!(
-            !estimator.surging(13.0, 2000, 2),
+            !estimator.surging(13.5, 1800, 2),
             "the same 500/s again is no new surge"
         );
         assert!(

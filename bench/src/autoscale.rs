@@ -46,53 +46,65 @@ pub struct AutoscaleArgs {
 struct Trace {
     name: &'static str,
     seconds: u32,
-    rate: fn(u32) -> f64,
+    rate: Box<dyn Fn(u32) -> f64>,
     /// Second from which partition 0 stops being processed (a poison message).
     poison_from: Option<u32>,
     /// When the load changes, for time to capacity.
     change_at: Option<u32>,
 }
 
+/// 50 → 500/s at `at`.
+fn step(at: u32) -> Trace {
+    Trace {
+        name: "step 50→500/s",
+        seconds: 900,
+        rate: Box::new(move |t| if t < at { 50.0 } else { 500.0 }),
+        poison_from: None,
+        change_at: Some(at),
+    }
+}
+
+/// 120/s, 1200/s for two minutes from `at`, 120/s again.
+fn spike(at: u32) -> Trace {
+    Trace {
+        name: "10× spike 120→1200/s",
+        seconds: 900,
+        rate: Box::new(move |t| {
+            if (at..at + 120).contains(&t) {
+                1200.0
+            } else {
+                120.0
+            }
+        }),
+        poison_from: None,
+        change_at: Some(at),
+    }
+}
+
 fn traces() -> Vec<Trace> {
     vec![
-        Trace {
-            name: "step 50→500/s",
-            seconds: 900,
-            rate: |t| if t < 67 { 50.0 } else { 500.0 },
-            poison_from: None,
-            change_at: Some(67),
-        },
+        step(67),
         Trace {
             name: "ramp 50→600/s",
             seconds: 900,
-            rate: |t| 50.0 + 550.0 * (f64::from(t.min(600)) / 600.0),
+            rate: Box::new(|t| 50.0 + 550.0 * (f64::from(t.min(600)) / 600.0)),
             poison_from: None,
             change_at: Some(0),
         },
-        Trace {
-            name: "10× spike 120→1200/s",
-            seconds: 900,
-            rate: |t| {
-                if (127..247).contains(&t) {
-                    1200.0
-                } else {
-                    120.0
-                }
-            },
-            poison_from: None,
-            change_at: Some(127),
-        },
+        spike(127),
         Trace {
             name: "diurnal",
             seconds: 1800,
-            rate: |t| 275.0 - 225.0 * (f64::from(t) * std::f64::consts::TAU / 900.0).cos(),
+            rate: Box::new(|t| {
+                275.0 - 225.0 * (f64::from(t) * std::f64::consts::TAU / 900.0).cos()
+            }),
             poison_from: None,
             change_at: None,
         },
         Trace {
             name: "poison partition (its own lag left out)",
             seconds: 900,
-            rate: |_| 200.0,
+            rate: Box::new(|_| 200.0),
             poison_from: Some(60),
             change_at: None,
         },
@@ -520,6 +532,34 @@ fn hpa(min: u32, max: u32) -> Hpa {
     }
 }
 
+/// Replicas when a trace starts.
+const INITIAL_REPLICAS: u32 = 1;
+
+/// The scalers compared, fresh.
+fn scalers(args: &AutoscaleArgs) -> Vec<(&'static str, Box<dyn Scaler>)> {
+    vec![
+        ("Osmosis", Box::new(osmosis(args, true))),
+        ("Osmosis, polls only", Box::new(osmosis(args, false))),
+        (
+            "KEDA + HPA",
+            Box::new(Keda {
+                hpa: hpa(1, args.partitions),
+                lag_threshold: 10.0,
+                metric: 0.0,
+                last_active: 0,
+                cooldown: 300,
+            }),
+        ),
+        (
+            "CPU HPA",
+            Box::new(CpuHpa {
+                hpa: hpa(1, args.partitions),
+                replica_rate: args.replica_rate,
+            }),
+        ),
+    ]
+}
+
 pub fn run(args: AutoscaleArgs) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     println!(
@@ -536,30 +576,8 @@ pub fn run(args: AutoscaleArgs) -> anyhow::Result<()> {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for trace in traces() {
-        let initial = 1;
-        let mut scalers: Vec<(&str, Box<dyn Scaler>)> = vec![
-            ("Osmosis", Box::new(osmosis(&args, true))),
-            ("Osmosis, polls only", Box::new(osmosis(&args, false))),
-            (
-                "KEDA + HPA",
-                Box::new(Keda {
-                    hpa: hpa(1, args.partitions),
-                    lag_threshold: 10.0,
-                    metric: 0.0,
-                    last_active: 0,
-                    cooldown: 300,
-                }),
-            ),
-            (
-                "CPU HPA",
-                Box::new(CpuHpa {
-                    hpa: hpa(1, args.partitions),
-                    replica_rate: args.replica_rate,
-                }),
-            ),
-        ];
-        for (name, scaler) in &mut scalers {
-            let outcome = simulate(&args, &trace, scaler.as_mut(), initial);
+        for (name, mut scaler) in scalers(&args) {
+            let outcome = simulate(&args, &trace, scaler.as_mut(), INITIAL_REPLICAS);
             println!(
                 "| {} | {name} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
                 trace.name,
@@ -576,5 +594,41 @@ pub fn run(args: AutoscaleArgs) -> anyhow::Result<()> {
             );
         }
     }
+    phase_sweep(&args);
     Ok(())
+}
+
+/// Time to capacity depends on where a change falls in each scaler's poll
+/// and sync cycles: the same change shifted over 30 s (KEDA's poll period,
+/// two HPA syncs, six Osmosis polls), one second at a time.
+fn phase_sweep(args: &AutoscaleArgs) {
+    println!("\n### Time to capacity over the phase of the change (shifted 0–29 s)\n");
+    println!("| trace | scaler | min s | mean s | max s | mean ÷ KEDA's mean |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for (trace, first) in [(step as fn(u32) -> Trace, 60), (spike, 120)] {
+        let names: Vec<&str> = scalers(args).iter().map(|(name, _)| *name).collect();
+        let mut times: Vec<Vec<u32>> = vec![Vec::new(); names.len()];
+        for at in first..first + 30 {
+            let shifted = trace(at);
+            for (i, (_, mut scaler)) in scalers(args).into_iter().enumerate() {
+                let outcome = simulate(args, &shifted, scaler.as_mut(), INITIAL_REPLICAS);
+                times[i].push(outcome.time_to_capacity.unwrap_or(shifted.seconds));
+            }
+        }
+        let mean = |t: &[u32]| f64::from(t.iter().sum::<u32>()) / t.len() as f64;
+        let keda = names
+            .iter()
+            .position(|n| *n == "KEDA + HPA")
+            .map_or(f64::NAN, |i| mean(&times[i]));
+        for (name, t) in names.iter().zip(&times) {
+            println!(
+                "| {} | {name} | {} | {:.1} | {} | {:.3} |",
+                trace(first).name,
+                t.iter().min().unwrap_or(&0),
+                mean(t),
+                t.iter().max().unwrap_or(&0),
+                mean(t) / keda,
+            );
+        }
+    }
 }
