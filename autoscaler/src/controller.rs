@@ -70,6 +70,9 @@ struct ScalerMemory {
     measured_at: Instant,
     /// A surge reconcile was triggered and has not run yet.
     surge_pending: bool,
+    /// The last measurement was acted on and reported; if not (the API
+    /// server refused a write), the retry measures again.
+    completed: bool,
     /// Held only to stop the surge watch task when the memory is replaced
     /// or forgotten.
     _surge_watch: Option<AbortOnDrop>,
@@ -230,7 +233,11 @@ async fn reconcile_scaler(
     // new spec or a surge is worth a measurement.
     if let Some(memory) = ctx.scalers.lock().unwrap().get(&key) {
         let since = memory.measured_at.elapsed();
-        if since < poll && !memory.surge_pending && memory.generation == scaler.meta().generation {
+        if since < poll
+            && memory.completed
+            && !memory.surge_pending
+            && memory.generation == scaler.meta().generation
+        {
             return Ok(Action::requeue(poll - since));
         }
     }
@@ -302,6 +309,7 @@ async fn reconcile_scaler(
                     generation: None,
                     measured_at: Instant::now(),
                     surge_pending: false,
+                    completed: false,
                     _surge_watch: watch,
                 },
             );
@@ -312,6 +320,7 @@ async fn reconcile_scaler(
         memory.generation = scaler.meta().generation;
         memory.measured_at = Instant::now();
         memory.surge_pending = false;
+        memory.completed = false;
         (memory.probe.clone(), ctx.started.elapsed().as_secs_f64())
     };
     let sample = match probe {
@@ -478,6 +487,9 @@ async fn reconcile_scaler(
             &Patch::Apply(&apply),
         )
         .await?;
+    if let Some(memory) = ctx.scalers.lock().unwrap().get_mut(&key) {
+        memory.completed = true;
+    }
     Ok(Action::requeue(poll))
 }
 
