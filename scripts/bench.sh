@@ -23,10 +23,12 @@ if ! command -v wrk >/dev/null; then
   apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
 
-cargo build --release --workspace --bins
+cargo build --release --workspace --bins --examples
 scripts/kafka.sh up
 if [ $# -eq 0 ]; then
   target/release/osmosis-bench autoscale
+  echo
+  target/release/osmosis-bench reaction --brokers "127.0.0.1:$KAFKA_PORT"
   echo
   target/release/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT"
   echo

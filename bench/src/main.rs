@@ -6,10 +6,13 @@
 //!   gateway, delivery latency and memory per connection.
 //! - `autoscale`: the scaling policy against KEDA + HPA and a CPU HPA in a
 //!   deterministic simulation (no broker needed).
+//! - `reaction`: the real local autoscaler's time from a step in arrivals to
+//!   its scale-up decision, with the surge watch and with polls only.
 
 mod autoscale;
 mod fanout;
 mod ingest;
+mod reaction;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +31,8 @@ enum Bench {
     Fanout(fanout::FanoutArgs),
     /// Autoscaling policy simulation against KEDA + HPA and a CPU HPA.
     Autoscale(autoscale::AutoscaleArgs),
+    /// The local autoscaler's reaction to a step in arrivals, surge watch on and off.
+    Reaction(reaction::ReactionArgs),
 }
 
 #[tokio::main]
@@ -36,5 +41,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Ingest(args) => ingest::run(args).await,
         Bench::Fanout(args) => fanout::run(args).await,
         Bench::Autoscale(args) => autoscale::run(args),
+        Bench::Reaction(args) => reaction::run(args).await,
     }
 }
