@@ -70,7 +70,50 @@ pub async fn create_topic_on(brokers: &str, prefix: &str, partitions: i32) -> St
     for result in results {
         result.unwrap_or_else(|(topic, code)| panic!("creating topic {topic}: {code}"));
     }
+    // The creation is acknowledged before every partition has a leader that
+    // answers; a client started right away could find no topic yet.
+    let probe: std::sync::Arc<BaseConsumer> = std::sync::Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .expect("consumer"),
+    );
+    crate::eventually(
+        Duration::from_secs(30),
+        &format!("topic {name} to have leaders for its {partitions} partitions"),
+        || {
+            let (probe, topic) = (std::sync::Arc::clone(&probe), name.clone());
+            async move {
+                tokio::task::spawn_blocking(move || topic_ready(&probe, &topic, partitions))
+                    .await
+                    .expect("metadata task")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     name
+}
+
+/// Whether every partition of `topic` is known and answers for its offsets.
+fn topic_ready(probe: &BaseConsumer, topic: &str, partitions: i32) -> bool {
+    let timeout = Duration::from_secs(2);
+    let Ok(metadata) = probe.fetch_metadata(Some(topic), timeout) else {
+        return false;
+    };
+    let Some(found) = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+    else {
+        return false;
+    };
+    found.partitions().len() == partitions as usize
+        && found.partitions().iter().all(|p| {
+            p.error().is_none()
+                && p.leader() >= 0
+                && probe.fetch_watermarks(topic, p.id(), timeout).is_ok()
+        })
 }
 
 /// Creates a fresh topic on the shared test broker.
@@ -161,6 +204,24 @@ pub fn read_records_from(
 /// Reads `count` records of `topic` from the shared test broker.
 pub fn read_records(topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
     read_records_from(bootstrap(), topic, count, timeout)
+}
+
+/// Partitions of `topic` as the cluster's metadata lists them (0: none).
+pub fn partition_count(brokers: &str, topic: &str) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map(|m| {
+            m.topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// End offsets (high watermarks) of every partition of `topic`.

@@ -405,7 +405,7 @@ async fn create_topics_creates_the_channels_with_their_partitions() {
         kafka::bootstrap()
     );
     let gateway = Gateway::start_with(&yaml, &["--create-topics"]);
-    assert_eq!(kafka::high_watermarks(kafka::bootstrap(), &topic).len(), 5);
+    assert_eq!(kafka::partition_count(kafka::bootstrap(), &topic), 5);
     let response = client()
         .post(gateway.url("/c"))
         .body("hi")
