@@ -14,6 +14,7 @@
 //! - [`sse`]: Server-Sent Event streams of requests and channels.
 //! - [`subscriptions`]: live feeds of subscribable channels (one consumer
 //!   per topic, fanned out in memory) and catch-up reads for resumes.
+//! - [`tails`]: request event streams, sharing one tail per reply partition.
 //! - [`problem`]: every client-visible error as `application/problem+json`.
 //! - [`metrics`]: the Prometheus metrics.
 //!
@@ -28,6 +29,7 @@ pub mod replies;
 pub mod server;
 pub mod sse;
 pub mod subscriptions;
+pub mod tails;
 
 use std::future::Future;
 use std::sync::Arc;

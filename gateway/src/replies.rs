@@ -24,6 +24,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::config::{KafkaConfig, RepliesConfig};
+use crate::tails::Tails;
 
 /// One event of a request, as read from its reply partition.
 #[derive(Clone, Debug)]
@@ -98,6 +99,10 @@ pub struct ReplyHub {
     /// How long a request stays in `waiting` without a reply.
     pending_ttl: Duration,
     lookup: Mutex<Option<BaseConsumer>>,
+    /// For offset queries only (thread-safe, never assigned): kept apart
+    /// from `lookup`, which a scan holds for seconds.
+    offsets: std::sync::OnceLock<BaseConsumer>,
+    tails: Arc<Tails>,
     client_config: ClientConfig,
     lookup_max_records: u64,
     metadata_timeout: Duration,
@@ -171,6 +176,8 @@ impl ReplyHub {
                 .build(),
             pending_ttl: Duration::from_secs(cache.ttl_secs),
             lookup: Mutex::new(None),
+            offsets: std::sync::OnceLock::new(),
+            tails: Tails::new(replies.topic.clone(), client_config.clone()),
             client_config,
             lookup_max_records: replies.lookup_max_records,
             metadata_timeout: kafka.metadata_timeout(),
@@ -290,7 +297,8 @@ impl ReplyHub {
 
     /// Streams the events of `id` from its reply partition, after offset
     /// `after` when given (a resume), else from the id's timestamp, until
-    /// the final reply, `limit`, or the receiver going away.
+    /// the final reply, `limit`, or the receiver going away. Streams share
+    /// one tail per partition ([`crate::tails`]).
     pub fn tail(
         self: &Arc<Self>,
         id: RequestId,
@@ -298,61 +306,47 @@ impl ReplyHub {
         limit: Duration,
     ) -> mpsc::Receiver<Result<Arc<ReplyEvent>, String>> {
         let (tx, rx) = mpsc::channel(64);
+        let Some(partition) = id.reply_partition() else {
+            return rx;
+        };
         let hub = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            if let Err(error) = hub.tail_blocking(id, after, limit, &tx) {
-                let _ = tx.blocking_send(Err(error.to_string()));
+        tokio::spawn(async move {
+            let start = match after {
+                Some(offset) => Ok(offset + 1),
+                None => {
+                    let finder = Arc::clone(&hub);
+                    tokio::task::spawn_blocking(move || finder.stream_start(id, partition))
+                        .await
+                        .unwrap_or(Err(KafkaError::Canceled))
+                        .map_err(|error| error.to_string())
+                }
+            };
+            let listening = start.and_then(|start| {
+                hub.tails
+                    .listen(partition, id.to_string(), start, limit, tx.clone())
+                    .map_err(|error| error.to_string())
+            });
+            if let Err(error) = listening {
+                let _ = tx.send(Err(error)).await;
             }
         });
         rx
     }
 
-    fn tail_blocking(
-        &self,
-        id: RequestId,
-        after: Option<i64>,
-        limit: Duration,
-        tx: &mpsc::Sender<Result<Arc<ReplyEvent>, String>>,
-    ) -> Result<(), KafkaError> {
-        let Some(partition) = id.reply_partition() else {
-            return Ok(());
-        };
-        // One consumer per stream: streams are few and long, lookups short.
-        let consumer: BaseConsumer = self.client_config.create()?;
-        let start = match after {
-            Some(offset) => offset + 1,
-            None => match self.first_offset_since(&consumer, id, partition)? {
-                Some(offset) => offset,
-                // Nothing since the id's time yet: from the end, live.
-                None => {
-                    consumer
-                        .fetch_watermarks(&self.topic, partition, self.metadata_timeout)?
-                        .1
-                }
-            },
-        };
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
-        consumer.assign(&assignment)?;
-        let key = id.to_string();
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline && !tx.is_closed() {
-            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            let message = message?;
-            if message.key() != Some(key.as_bytes()) {
-                continue;
-            }
-            let Some(event) = decode(&message) else {
-                continue;
-            };
-            let is_final = event.envelope.kind == EventKind::Final;
-            if tx.blocking_send(Ok(Arc::new(event))).is_err() || is_final {
-                return Ok(());
-            }
+    /// Where a stream of `id`'s events starts without a resume position: at
+    /// the first record since the id's time, else at the partition's end.
+    fn stream_start(&self, id: RequestId, partition: i32) -> Result<i64, KafkaError> {
+        if self.offsets.get().is_none() {
+            // A racing stream may have set it meanwhile: either client serves.
+            let _ = self.offsets.set(self.client_config.create()?);
         }
-        Ok(())
+        let consumer = self.offsets.get().expect("set above");
+        match self.first_offset_since(consumer, id, partition)? {
+            Some(offset) => Ok(offset),
+            None => Ok(consumer
+                .fetch_watermarks(&self.topic, partition, self.metadata_timeout)?
+                .1),
+        }
     }
 
     /// The first offset of `partition` at or after the time `id` was created
@@ -408,7 +402,7 @@ impl ReplyHub {
     }
 }
 
-fn decode<M: Message>(message: &M) -> Option<ReplyEvent> {
+pub(crate) fn decode<M: Message>(message: &M) -> Option<ReplyEvent> {
     let headers = message.headers()?;
     let pairs: Vec<(&str, Option<&[u8]>)> = headers.iter().map(|h| (h.key, h.value)).collect();
     match ReplyEnvelope::from_headers(pairs) {

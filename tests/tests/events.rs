@@ -187,6 +187,71 @@ async fn a_request_stream_resumes_on_another_instance() {
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
 
+/// Threads of a running process, from /proc.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// Many clients stream requests of another instance at once: each gets its
+/// own reply, and the streams share one tail per reply partition instead of
+/// a Kafka client (with its threads) each.
+#[tokio::test]
+async fn many_request_streams_on_another_instance_share_the_tails() {
+    const STREAMS: usize = 100;
+    let t = topics("sse.many").await;
+    let first = t.gateway(", instance: 0, instances: 2");
+    let second = Gateway::start(&yaml(
+        &t.channel,
+        &t.replies,
+        &t.feed,
+        ", instance: 1, instances: 2",
+    ));
+    let http = reqwest::Client::new();
+    // Accepted while no worker runs: every reply is still to come.
+    let mut ids = Vec::new();
+    for i in 0..STREAMS {
+        let response = http
+            .post(first.url("/work"))
+            .header("prefer", "respond-async")
+            .body(format!("request {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let accepted: Value = response.json().await.unwrap();
+        ids.push(accepted["id"].as_str().unwrap().to_owned());
+    }
+    let idle_threads = threads(second.service.pid());
+    let mut streams = Vec::new();
+    for id in &ids {
+        let mut stream =
+            EventStream::open(http.get(second.url(&format!("/v1/requests/{id}")))).await;
+        stream.expect("accepted").await;
+        streams.push(stream);
+    }
+    let streaming_threads = threads(second.service.pid());
+    assert!(
+        streaming_threads < idle_threads + 40,
+        "{STREAMS} streams took the gateway from {idle_threads} to {streaming_threads} threads"
+    );
+
+    let worker = Worker::start("examples/echo", kafka::bootstrap(), &t.channel, &[]);
+    worker.wait_assigned();
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let reply = stream.expect("reply").await;
+        assert_eq!(
+            json(&reply.data)["body"],
+            format!("request {i}"),
+            "{reply:?}"
+        );
+    }
+}
+
 /// Records received by one subscriber: (partition, offset) → (key, value).
 type Received = Vec<(i64, i64, String, String)>;
 
