@@ -70,6 +70,9 @@ struct ScalerMemory {
     measured_at: Instant,
     /// A surge reconcile was triggered and has not run yet.
     surge_pending: bool,
+    /// The last measurement failed: surges wait for one that works, or the
+    /// watch would trigger a failing reconcile every second.
+    measurement_failed: bool,
     /// The last measurement was acted on and reported; if not (the API
     /// server refused a write), the retry measures again.
     completed: bool,
@@ -277,6 +280,7 @@ async fn reconcile_scaler(
         scaler.spec.consumer_group.clone(),
     );
     let properties = kafka_properties(&ctx.client, &namespace, scaler).await?;
+    let mut replaced = None;
     let (probe, now) = {
         let mut scalers = ctx.scalers.lock().unwrap();
         let stale = scalers
@@ -295,7 +299,7 @@ async fn reconcile_scaler(
                 ));
                 AbortOnDrop(task.abort_handle())
             });
-            scalers.insert(
+            replaced = scalers.insert(
                 key.clone(),
                 ScalerMemory {
                     kafka_key: kafka_key.clone(),
@@ -310,6 +314,7 @@ async fn reconcile_scaler(
                     measured_at: Instant::now(),
                     surge_pending: false,
                     completed: false,
+                    measurement_failed: false,
                     _surge_watch: watch,
                 },
             );
@@ -323,6 +328,10 @@ async fn reconcile_scaler(
         memory.completed = false;
         (memory.probe.clone(), ctx.started.elapsed().as_secs_f64())
     };
+    if let Some(old) = replaced {
+        // Closing its Kafka client waits for librdkafka's threads.
+        tokio::task::spawn_blocking(move || drop(old));
+    }
     let sample = match probe {
         Ok(probe) => tokio::task::spawn_blocking(move || probe.sample(now))
             .await
@@ -333,11 +342,15 @@ async fn reconcile_scaler(
     let spec = policy_spec(scaler);
     let (observation, decision, stuck, processing_rate, kafka_error) = {
         let mut scalers = ctx.scalers.lock().unwrap();
-        let memory = scalers.get_mut(&key).expect("inserted above");
+        let Some(memory) = scalers.get_mut(&key) else {
+            // Forgotten while measuring (no reconcile for minutes): start over.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        };
         let (observation, kafka_error) = match sample {
             Ok(sample) => (Some(memory.estimator.observe(sample)), None),
             Err(error) => (None, Some(error)),
         };
+        memory.measurement_failed = observation.is_none();
         let decision = policy::decide(
             &spec,
             observation.as_ref(),
@@ -345,11 +358,6 @@ async fn reconcile_scaler(
             current,
             now,
         );
-        memory.replicas = if scaler.spec.paused {
-            current
-        } else {
-            decision.replicas
-        };
         (
             observation,
             decision,
@@ -375,18 +383,18 @@ async fn reconcile_scaler(
         status.last_scale_reason = Some(decision.reason.clone());
         ctx.metrics.scale_events.get_or_create(&labels).inc();
         tracing::info!(scaler = %key, from = current, to = decision.replicas, reason = %decision.reason, "scaled");
-        ctx.recorder
-            .publish(
-                &Event {
-                    type_: EventType::Normal,
-                    reason: "Scaled".into(),
-                    note: Some(decision.reason.clone()),
-                    action: "Scale".into(),
-                    secondary: None,
-                },
-                &scaler.object_ref(&()),
-            )
-            .await?;
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Scaled".into(),
+            note: Some(decision.reason.clone()),
+            action: "Scale".into(),
+            secondary: None,
+        };
+        // The target is scaled: a lost Event must not keep the status from
+        // saying so.
+        if let Err(error) = ctx.recorder.publish(&event, &scaler.object_ref(&())).await {
+            tracing::warn!(scaler = %key, %error, "cannot record the scaling Event");
+        }
     }
 
     // Report.
@@ -474,6 +482,7 @@ async fn reconcile_scaler(
             condition.last_transition_time = before.last_transition_time.clone();
         }
     }
+    let replicas = status.current_replicas.max(0) as u32;
     let scalers: Api<ChannelScaler> = Api::namespaced(ctx.client.clone(), &namespace);
     let apply = json!({
         "apiVersion": ChannelScaler::api_version(&()),
@@ -489,6 +498,7 @@ async fn reconcile_scaler(
         .await?;
     if let Some(memory) = ctx.scalers.lock().unwrap().get_mut(&key) {
         memory.completed = true;
+        memory.replicas = replicas;
     }
     Ok(Action::requeue(poll))
 }
@@ -509,23 +519,32 @@ async fn surge_watch(
     probe: Arc<Probe>,
 ) {
     loop {
-        let Some(period) = ctx.upgrade().and_then(|ctx| {
+        let Some(watching) = ctx.upgrade().and_then(|ctx| {
             let mut scalers = ctx.scalers.lock().unwrap();
             let memory = scalers.get(&key)?;
             if memory.measured_at.elapsed() > forgotten_after(memory.poll) {
                 tracing::info!(scaler = %key, "no longer reconciled: forgetting it");
-                scalers.remove(&key);
+                let forgotten = scalers.remove(&key);
+                // Its Kafka client closes off the async workers.
+                tokio::task::spawn_blocking(move || drop(forgotten));
                 return None;
             }
+            // Off: only look in once a poll, to forget a deleted scaler.
             Some(if memory.surge_watch.is_zero() {
-                memory.poll
+                Err(memory.poll)
             } else {
-                memory.surge_watch
+                Ok(memory.surge_watch)
             })
         }) else {
             return;
         };
-        tokio::time::sleep(period).await;
+        match watching {
+            Ok(period) => tokio::time::sleep(period).await,
+            Err(poll) => {
+                tokio::time::sleep(poll).await;
+                continue;
+            }
+        }
         let reading = Arc::clone(&probe);
         let arrived = match tokio::task::spawn_blocking(move || reading.arrived()).await {
             Ok(Ok(arrived)) => arrived,
@@ -546,6 +565,7 @@ async fn surge_watch(
             let now = ctx.started.elapsed().as_secs_f64();
             let surge = !memory.surge_watch.is_zero()
                 && !memory.surge_pending
+                && !memory.measurement_failed
                 && memory.estimator.surging(now, arrived, memory.replicas);
             memory.surge_pending |= surge;
             surge

@@ -51,6 +51,7 @@ pub async fn run(
     let mut watch = tokio::time::interval(config.surge_watch.unwrap_or(config.poll_interval));
     watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut measured = false;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -62,7 +63,8 @@ pub async fn run(
                     .expect("surge watch task panicked");
                 let now = started.elapsed().as_secs_f64();
                 match arrived {
-                    Ok(arrived) if estimator.surging(now, arrived, pool.replicas()) => {
+                    // After a failed measurement, surges wait for the poll.
+                    Ok(arrived) if measured && estimator.surging(now, arrived, pool.replicas()) => {
                         tracing::info!("arrivals surge: measuring before the next poll");
                         tick.reset();
                     }
@@ -86,6 +88,7 @@ pub async fn run(
                 None
             }
         };
+        measured = observation.is_some();
         let current = pool.replicas();
         let decision = policy::decide(&config.spec, observation.as_ref(), &mut state, current, now);
         if let Some(observation) = &observation {

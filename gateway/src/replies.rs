@@ -310,16 +310,14 @@ impl ReplyHub {
             return rx;
         };
         let hub = Arc::clone(self);
-        tokio::spawn(async move {
+        tokio::task::spawn_blocking(move || {
             let start = match after {
-                Some(offset) => Ok(offset + 1),
-                None => {
-                    let finder = Arc::clone(&hub);
-                    tokio::task::spawn_blocking(move || finder.stream_start(id, partition))
-                        .await
-                        .unwrap_or(Err(KafkaError::Canceled))
-                        .map_err(|error| error.to_string())
-                }
+                Some(offset) => offset
+                    .checked_add(1)
+                    .ok_or_else(|| format!("no event follows offset {offset}")),
+                None => hub
+                    .stream_start(id, partition)
+                    .map_err(|error| error.to_string()),
             };
             let listening = start.and_then(|start| {
                 hub.tails
@@ -327,7 +325,7 @@ impl ReplyHub {
                     .map_err(|error| error.to_string())
             });
             if let Err(error) = listening {
-                let _ = tx.send(Err(error)).await;
+                let _ = tx.blocking_send(Err(error));
             }
         });
         rx
@@ -341,12 +339,12 @@ impl ReplyHub {
             let _ = self.offsets.set(self.client_config.create()?);
         }
         let consumer = self.offsets.get().expect("set above");
-        match self.first_offset_since(consumer, id, partition)? {
-            Some(offset) => Ok(offset),
-            None => Ok(consumer
-                .fetch_watermarks(&self.topic, partition, self.metadata_timeout)?
-                .1),
-        }
+        // The end first: a record written between the two queries is then
+        // after the start, not skipped.
+        let (_, end) = consumer.fetch_watermarks(&self.topic, partition, self.metadata_timeout)?;
+        Ok(self
+            .first_offset_since(consumer, id, partition)?
+            .unwrap_or(end))
     }
 
     /// The first offset of `partition` at or after the time `id` was created

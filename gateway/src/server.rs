@@ -435,11 +435,15 @@ async fn request_status(
     if sse::wants_event_stream(&headers) {
         let after = sse::last_event_id(&headers)
             .map(|last| {
-                last.trim().parse::<i64>().map_err(|_| {
-                    Problem::BadRequest(format!(
-                        "Last-Event-ID {last:?} is not an event id of this request"
-                    ))
-                })
+                last.trim()
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|offset| (0..i64::MAX).contains(offset))
+                    .ok_or_else(|| {
+                        Problem::BadRequest(format!(
+                            "Last-Event-ID {last:?} is not an event id of this request"
+                        ))
+                    })
             })
             .transpose()?;
         if after.is_none() && matches!(hub.find(id).await, Ok(Lookup::Unknown)) {

@@ -72,7 +72,10 @@ impl Listener {
 }
 
 impl Tails {
-    pub fn new(topic: String, client_config: ClientConfig) -> Arc<Self> {
+    pub fn new(topic: String, mut client_config: ClientConfig) -> Arc<Self> {
+        // A rewind below the log start (retention) starts at the oldest
+        // record left, not at the end.
+        client_config.set("auto.offset.reset", "earliest");
         Arc::new(Self {
             topic,
             client_config,
@@ -82,7 +85,8 @@ impl Tails {
 
     /// Streams the events of the request keyed `key` on `partition` to
     /// `events`, from offset `start` on, until its final event, `limit`, or
-    /// the receiver going away.
+    /// the receiver going away. Blocking (it may create a Kafka client):
+    /// call it from a blocking task.
     pub fn listen(
         self: &Arc<Self>,
         partition: i32,
@@ -91,7 +95,6 @@ impl Tails {
         limit: Duration,
         events: TailSender,
     ) -> Result<(), KafkaError> {
-        let mut partitions = self.partitions.lock().unwrap();
         let mut listener = Listener {
             key,
             next: start,
@@ -99,31 +102,63 @@ impl Tails {
             deadline: Instant::now() + limit,
             events,
         };
-        if let Some(tail) = partitions.get_mut(&partition) {
-            if start < tail.position {
-                listener.rewinding = true;
-                tail.rewind_to = Some(tail.rewind_to.map_or(start, |to| to.min(start)));
-                tail.wake.notify_one();
+        loop {
+            listener = match self.join(partition, listener) {
+                Some(listener) => listener,
+                None => return Ok(()),
+            };
+            // No tail yet: start one, without holding the lock meanwhile.
+            let consumer: StreamConsumer = self.client_config.create()?;
+            if let Err(error) = assign(&consumer, &self.topic, partition, start) {
+                retire(consumer);
+                return Err(error);
             }
-            tail.listeners.push(listener);
+            let mut partitions = self.partitions.lock().unwrap();
+            if partitions.contains_key(&partition) {
+                // Another stream started one meanwhile: join that one.
+                drop(partitions);
+                retire(consumer);
+                continue;
+            }
+            let wake = Arc::new(Notify::new());
+            partitions.insert(
+                partition,
+                PartitionTail {
+                    position: start,
+                    rewind_to: None,
+                    listeners: vec![listener],
+                    wake: Arc::clone(&wake),
+                },
+            );
+            tracing::debug!(partition, start, "request stream tail started");
+            tokio::spawn(run(Arc::downgrade(self), partition, consumer, wake));
             return Ok(());
         }
-        let consumer: StreamConsumer = self.client_config.create()?;
-        assign(&consumer, &self.topic, partition, start)?;
-        let wake = Arc::new(Notify::new());
-        partitions.insert(
-            partition,
-            PartitionTail {
-                position: start,
-                rewind_to: None,
-                listeners: vec![listener],
-                wake: Arc::clone(&wake),
-            },
-        );
-        tracing::debug!(partition, start, "request stream tail started");
-        tokio::spawn(run(Arc::downgrade(self), partition, consumer, wake));
-        Ok(())
     }
+
+    /// Adds `listener` to the partition's running tail, rewinding it when
+    /// the listener needs older records; hands the listener back when no
+    /// tail runs.
+    fn join(&self, partition: i32, mut listener: Listener) -> Option<Listener> {
+        let mut partitions = self.partitions.lock().unwrap();
+        let Some(tail) = partitions.get_mut(&partition) else {
+            return Some(listener);
+        };
+        if listener.next < tail.position {
+            listener.rewinding = true;
+            let to = listener.next;
+            tail.rewind_to = Some(tail.rewind_to.map_or(to, |earlier| earlier.min(to)));
+            tail.wake.notify_one();
+        }
+        tail.listeners.push(listener);
+        None
+    }
+}
+
+/// Closes a Kafka client off the async workers: closing waits for
+/// librdkafka's threads.
+fn retire(consumer: StreamConsumer) {
+    tokio::task::spawn_blocking(move || drop(consumer));
 }
 
 fn assign(
@@ -140,6 +175,11 @@ fn assign(
 /// One partition's tail: read, hand out, rewind when asked, prune, and stop
 /// with the last listener.
 async fn run(tails: Weak<Tails>, partition: i32, consumer: StreamConsumer, wake: Arc<Notify>) {
+    tail(&tails, partition, &consumer, &wake).await;
+    retire(consumer);
+}
+
+async fn tail(tails: &Weak<Tails>, partition: i32, consumer: &StreamConsumer, wake: &Notify) {
     let mut prune = tokio::time::interval(Duration::from_secs(1));
     loop {
         let received = tokio::select! {
@@ -169,17 +209,19 @@ async fn run(tails: Weak<Tails>, partition: i32, consumer: StreamConsumer, wake:
             None => {}
         }
         if let Some(to) = tail.rewind_to.take() {
-            if let Err(error) = assign(&consumer, &tails.topic, partition, to) {
+            if let Err(error) = assign(consumer, &tails.topic, partition, to) {
+                // The old assignment is gone too: end every stream here;
+                // clients resume with Last-Event-ID on a fresh tail.
                 tracing::warn!(partition, %error, "request stream tail cannot rewind");
-                for listener in tail.listeners.iter().filter(|l| l.rewinding) {
+                for listener in &tail.listeners {
                     let _ = listener.events.try_send(Err(error.to_string()));
                 }
-                tail.listeners.retain(|l| !l.rewinding);
-            } else {
-                tail.position = to;
-                for listener in &mut tail.listeners {
-                    listener.rewinding = false;
-                }
+                partitions.remove(&partition);
+                return;
+            }
+            tail.position = to;
+            for listener in &mut tail.listeners {
+                listener.rewinding = false;
             }
         }
         let now = Instant::now();

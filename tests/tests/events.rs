@@ -185,6 +185,20 @@ async fn a_request_stream_resumes_on_another_instance() {
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    for offset in ["-2", "9223372036854775807"] {
+        let bad = reqwest::Client::new()
+            .get(second.url(&format!("/v1/requests/{id}")))
+            .header("accept", "text/event-stream")
+            .header("last-event-id", offset)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            bad.status(),
+            StatusCode::BAD_REQUEST,
+            "Last-Event-ID {offset}"
+        );
+    }
 }
 
 /// Threads of a running process, from /proc.
