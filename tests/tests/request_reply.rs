@@ -108,6 +108,49 @@ async fn a_request_round_trips_through_the_echo_worker() {
     );
 }
 
+/// Properties for one side of the worker's Kafka clients reach only that
+/// side: no librdkafka warning about a property the other side ignores, as
+/// a property for both sides gives.
+#[tokio::test]
+async fn worker_properties_for_one_side_stay_on_that_side() {
+    let setup = Setup::new("rr.properties", 1).await;
+    let gateway = setup.gateway("");
+    let sided = setup.worker(
+        ECHO,
+        &[
+            "--producer-property",
+            "linger.ms=5",
+            "--consumer-property",
+            "fetch.max.bytes=1048576",
+        ],
+    );
+    sided.wait_assigned();
+    let response = client()
+        .post(gateway.url("/work"))
+        .body("sided")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "sided");
+    assert!(
+        !sided.service.log_text().contains("CONFWARN"),
+        "{}",
+        sided.service.log_text()
+    );
+
+    let both = setup.worker(ECHO, &["--kafka-property", "linger.ms=5"]);
+    osmosis_e2e::eventually(
+        READ_TIMEOUT,
+        "librdkafka's warning about a producer property on the consumer",
+        || async {
+            let log = both.service.log_text();
+            log.contains("CONFWARN").then_some(())
+        },
+    )
+    .await;
+}
+
 /// 1,000 concurrent requests with distinct bodies: each gets its own reply.
 #[tokio::test]
 async fn a_thousand_concurrent_requests_each_get_their_own_reply() {

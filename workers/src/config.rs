@@ -48,6 +48,14 @@ pub struct WorkerConfig {
     /// `name=value` (repeatable; e.g. `security.protocol=SASL_SSL`).
     #[arg(long = "kafka-property", env = "OSMOSIS_WORKER_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
     pub kafka_properties: Vec<(String, String)>,
+    /// Extra librdkafka property for the consumer only (e.g.
+    /// `fetch.max.bytes=1048576`); applied after `--kafka-property`.
+    #[arg(long = "consumer-property", env = "OSMOSIS_WORKER_CONSUMER_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    pub consumer_properties: Vec<(String, String)>,
+    /// Extra librdkafka property for the producer of replies and dead
+    /// letters only (e.g. `compression.type=lz4`).
+    #[arg(long = "producer-property", env = "OSMOSIS_WORKER_PRODUCER_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    pub producer_properties: Vec<(String, String)>,
 }
 
 fn parse_property(text: &str) -> Result<(String, String), String> {
@@ -71,6 +79,8 @@ impl WorkerConfig {
             drain_timeout_ms: 30_000,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             kafka_properties: Vec::new(),
+            consumer_properties: Vec::new(),
+            producer_properties: Vec::new(),
         }
     }
 

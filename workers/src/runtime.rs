@@ -152,8 +152,11 @@ pub async fn run<H: Handler>(
     }
     common.set("bootstrap.servers", &config.brokers);
     // The runtime's settings, unless the user's properties chose otherwise.
-    let with_defaults = |defaults: &[(&str, &str)]| {
+    let with_defaults = |side: &[(String, String)], defaults: &[(&str, &str)]| {
         let mut client = common.clone();
+        for (name, value) in side {
+            client.set(name, value);
+        }
         for (name, value) in defaults {
             if client.get(name).is_none() {
                 client.set(*name, *value);
@@ -161,19 +164,25 @@ pub async fn run<H: Handler>(
         }
         client
     };
-    let mut consumer_config = with_defaults(&[
-        ("auto.commit.interval.ms", "1000"),
-        ("auto.offset.reset", "earliest"),
-        ("session.timeout.ms", "10000"),
-        ("statistics.interval.ms", "5000"),
-    ]);
+    let mut consumer_config = with_defaults(
+        &config.consumer_properties,
+        &[
+            ("auto.commit.interval.ms", "1000"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "10000"),
+            ("statistics.interval.ms", "5000"),
+        ],
+    );
     // What at-least-once rests on is not negotiable.
     consumer_config
         .set("group.id", config.group())
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false");
-    let mut producer_config = with_defaults(&[("linger.ms", "1"), ("message.timeout.ms", "30000")]);
+    let mut producer_config = with_defaults(
+        &config.producer_properties,
+        &[("linger.ms", "1"), ("message.timeout.ms", "30000")],
+    );
     producer_config
         .set("acks", "all")
         .set("enable.idempotence", "true");
