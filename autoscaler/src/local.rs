@@ -58,11 +58,18 @@ impl ProcessPool {
                 .iter()
                 .map(|a| a.replace("{replica}", &id.to_string()))
                 .collect();
-            let child = Command::new(&self.program)
-                .args(&args)
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?;
+            let mut command = Command::new(&self.program);
+            command.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+            // Workers never outlive the autoscaler, even one killed outright:
+            // the kernel asks them to drain when it dies.
+            // SAFETY: only an async-signal-safe system call runs between fork
+            // and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+                });
+            }
+            let child = command.spawn()?;
             tracing::info!(replica = id, pid = child.id(), "started worker");
             self.replicas.push(Replica { id, child });
         }

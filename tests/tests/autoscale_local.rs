@@ -1,10 +1,12 @@
 //! The autoscaler's local target, end to end: a burst through the gateway
 //! scales real worker processes up, every request gets its reply, and after
-//! the burst the pool scales down by draining workers, losing nothing.
+//! the burst the pool scales down by draining workers, losing nothing; and
+//! no worker outlives the autoscaler.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use osmosis_e2e::eventually;
 use osmosis_e2e::kafka;
 use osmosis_e2e::process::{Gateway, Service, binary};
@@ -109,4 +111,30 @@ async fn a_burst_scales_local_workers_up_and_idle_scales_them_down() {
     autoscaler.wait_for_log_where("worker exited", Duration::from_secs(60), |line| {
         line["status"].as_str() == Some("exit status: 0")
     });
+
+    // Workers never outlive the autoscaler, even one killed outright.
+    let workers: Vec<u32> = autoscaler
+        .log_text()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == "started worker")
+        .filter_map(|line| line["pid"].as_u64().map(|pid| pid as u32))
+        .collect();
+    assert!(!workers.is_empty(), "{}", autoscaler.log_text());
+    autoscaler.signal(Signal::SIGKILL);
+    eventually(
+        Duration::from_secs(60),
+        "every worker gone with its autoscaler",
+        || async { workers.iter().all(|pid| !running(*pid)).then_some(()) },
+    )
+    .await;
+}
+
+/// Whether process `pid` runs (a zombie waiting for its reaper does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
