@@ -86,9 +86,7 @@ async fn replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
         .unwrap_or(0)
 }
 
-#[tokio::test]
-async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
-    let client = osmosis_e2e::kube::client().await;
+async fn apply_crd(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.patch(
         "channelscalers.osmosis.dev",
@@ -97,6 +95,58 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
     )
     .await
     .expect("applying the CRD");
+}
+
+/// `count` messages keyed `<prefix><i>` into `topic`, each acknowledged.
+async fn produce(topic: &str, prefix: &str, count: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka::bootstrap())
+        .create()
+        .unwrap();
+    for i in 0..count {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(&format!("{prefix}{i}"))
+                    .payload("work"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+/// A controller for the ChannelScalers of `namespace` (a Lease of its own),
+/// and the address of its `/metrics`.
+fn controller(namespace: &str) -> (Service, String) {
+    let controller = Service::spawn(
+        "osmosis-autoscaler",
+        &[
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--namespace",
+            namespace,
+            "--lease-name",
+            &format!("osmosis-autoscaler-{namespace}-{}", std::process::id()),
+        ],
+        &[(
+            "KUBECONFIG",
+            std::env::var(osmosis_e2e::kube::KUBECONFIG_ENV).unwrap(),
+        )],
+    );
+    let metrics_addr = controller.wait_for_log("listening", WAIT)["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (controller, metrics_addr)
+}
+
+#[tokio::test]
+async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
+    let client = osmosis_e2e::kube::client().await;
+    apply_crd(&client).await;
     let topic = kafka::create_topic("controller", 4).await;
     let group = format!("{topic}.workers");
     let name = format!("worker-{}", &topic[topic.len() - 8..]);
@@ -108,22 +158,7 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
         .expect("creating the deployment");
 
     // A backlog of 400 messages, nobody consuming.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .create()
-        .unwrap();
-    for i in 0..400 {
-        producer
-            .send(
-                FutureRecord::to(&topic)
-                    .key(&format!("k{i}"))
-                    .payload("work"),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
+    produce(&topic, "k", 400).await;
 
     let scalers: Api<ChannelScaler> = Api::namespaced(client.clone(), "default");
     let spec = scaler_spec(&name, &topic, &group);
@@ -197,27 +232,8 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
         .await
         .expect("creating the secured scaler");
 
-    let controller = Service::spawn(
-        "osmosis-autoscaler",
-        &[
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--namespace",
-            "default",
-            "--lease-name",
-            &format!("osmosis-autoscaler-{}", std::process::id()),
-        ],
-        &[(
-            "KUBECONFIG",
-            std::env::var(osmosis_e2e::kube::KUBECONFIG_ENV).unwrap(),
-        )],
-    );
+    let (controller, metrics_addr) = controller("default");
     controller.wait_for_log("controller started", WAIT);
-    let metrics_addr = controller.wait_for_log("listening", WAIT)["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
 
     // 400 / 50 = 8, but 4 partitions: exactly 4.
     eventually(WAIT, "4 replicas for the backlog", || async {
@@ -325,18 +341,7 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
     assert_eq!(status.lag, 0);
 
     // New work activates the workload again from zero.
-    for i in 0..60 {
-        producer
-            .send(
-                FutureRecord::to(&topic)
-                    .key(&format!("again{i}"))
-                    .payload("work"),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
+    produce(&topic, "again", 60).await;
     eventually(WAIT, "activation from zero", || async {
         (replicas(&deployments, &name).await == 2).then_some(())
     })
@@ -352,14 +357,7 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
 #[tokio::test]
 async fn a_surge_is_acted_on_long_before_the_next_poll() {
     let client = osmosis_e2e::kube::client().await;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "channelscalers.osmosis.dev",
-        &PatchParams::apply("osmosis-tests").force(),
-        &Patch::Apply(ChannelScaler::crd()),
-    )
-    .await
-    .expect("applying the CRD");
+    apply_crd(&client).await;
     let topic = kafka::create_topic("surge", 4).await;
     let suffix = &topic[topic.len() - 8..];
     // A namespace of its own: this test's controller reconciles nothing else.
@@ -387,26 +385,7 @@ async fn a_surge_is_acted_on_long_before_the_next_poll() {
         .await
         .expect("creating the scaler");
 
-    let controller = Service::spawn(
-        "osmosis-autoscaler",
-        &[
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--namespace",
-            &namespace,
-            "--lease-name",
-            &format!("osmosis-autoscaler-{namespace}"),
-        ],
-        &[(
-            "KUBECONFIG",
-            std::env::var(osmosis_e2e::kube::KUBECONFIG_ENV).unwrap(),
-        )],
-    );
-    let metrics_addr = controller.wait_for_log("listening", WAIT)["addr"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_controller, metrics_addr) = controller(&namespace);
     // The first poll: an empty channel, nothing to do.
     eventually(WAIT, "the first measurement", || async {
         let status = scalers.get("worker").await.ok()?.status?;
@@ -415,22 +394,7 @@ async fn a_surge_is_acted_on_long_before_the_next_poll() {
     .await;
     assert_eq!(replicas(&deployments, "worker").await, 0);
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .create()
-        .unwrap();
-    for i in 0..200 {
-        producer
-            .send(
-                FutureRecord::to(&topic)
-                    .key(&format!("k{i}"))
-                    .payload("work"),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
+    produce(&topic, "k", 200).await;
     // 200 / 50 per replica, 4 partitions: 4, without waiting for the poll.
     eventually(WAIT, "4 replicas from the surge watch", || async {
         (replicas(&deployments, "worker").await == 4).then_some(())
