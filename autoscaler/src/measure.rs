@@ -4,6 +4,7 @@
 //! message is read. Blocking (librdkafka); call it from a blocking task.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -32,6 +33,9 @@ pub struct Probe {
     /// group's committed offsets.
     consumer: BaseConsumer,
     timeout: Duration,
+    /// The partitions the last sample found: the surge watch reuses them
+    /// instead of asking for metadata every second (each poll refreshes them).
+    known_partitions: Mutex<Option<TopicPartitionList>>,
 }
 
 impl Probe {
@@ -54,6 +58,7 @@ impl Probe {
             group: group.to_owned(),
             consumer: config.create()?,
             timeout: Duration::from_secs(5),
+            known_partitions: Mutex::new(None),
         })
     }
 
@@ -98,10 +103,14 @@ impl Probe {
     }
 
     /// The sum of the topic's end offsets (high watermarks): all the channel
-    /// ever received. One metadata and one ListOffsets request; what the
-    /// surge watch reads between polls.
+    /// ever received. One ListOffsets request (and a metadata request
+    /// before the first sample); what the surge watch reads between polls.
     pub fn arrived(&self) -> Result<i64, MeasureError> {
-        let partitions = self.partitions()?;
+        let known = self.known_partitions.lock().unwrap().clone();
+        let partitions = match known {
+            Some(partitions) => partitions,
+            None => self.partitions()?,
+        };
         Ok(self
             .offsets_at(&partitions, Offset::End)?
             .iter()
@@ -112,6 +121,7 @@ impl Probe {
     /// One sample at `at` seconds on the caller's clock.
     pub fn sample(&self, at: f64) -> Result<Sample, MeasureError> {
         let query = self.partitions()?;
+        *self.known_partitions.lock().unwrap() = Some(query.clone());
         let starts: HashMap<i32, i64> = self
             .offsets_at(&query, Offset::Beginning)?
             .into_iter()

@@ -57,6 +57,18 @@ impl Topics {
             &["--create-topics"],
         )
     }
+
+    /// Instances 0 and 1 of two, each owning half of the reply partitions.
+    fn two_instances(&self) -> (Gateway, Gateway) {
+        let first = self.gateway(", instance: 0, instances: 2");
+        let second = Gateway::start(&yaml(
+            &self.channel,
+            &self.replies,
+            &self.feed,
+            ", instance: 1, instances: 2",
+        ));
+        (first, second)
+    }
 }
 
 async fn publish(gateway: &Gateway, key: &str, body: String) -> Value {
@@ -118,13 +130,7 @@ async fn a_streamed_reply_arrives_in_order() {
 #[tokio::test]
 async fn a_request_stream_resumes_on_another_instance() {
     let t = topics("sse.resume").await;
-    let first = t.gateway(", instance: 0, instances: 2");
-    let second = Gateway::start(&yaml(
-        &t.channel,
-        &t.replies,
-        &t.feed,
-        ", instance: 1, instances: 2",
-    ));
+    let (first, second) = t.two_instances();
     let worker = Worker::start(
         SLOW,
         kafka::bootstrap(),
@@ -218,13 +224,7 @@ fn threads(pid: u32) -> usize {
 async fn many_request_streams_on_another_instance_share_the_tails() {
     const STREAMS: usize = 100;
     let t = topics("sse.many").await;
-    let first = t.gateway(", instance: 0, instances: 2");
-    let second = Gateway::start(&yaml(
-        &t.channel,
-        &t.replies,
-        &t.feed,
-        ", instance: 1, instances: 2",
-    ));
+    let (first, second) = t.two_instances();
     let http = reqwest::Client::new();
     // Accepted while no worker runs: every reply is still to come.
     let mut ids = Vec::new();
