@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use crate::header_fields::HeaderFields;
 use crate::headers;
 use crate::{ParseRequestIdError, RequestId};
 
@@ -103,71 +104,33 @@ impl RequestEnvelope {
     pub fn from_headers<'a>(
         pairs: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
     ) -> Result<Self, DecodeError> {
-        let mut id = None;
-        let mut route = None;
-        let mut method = None;
-        let mut path = None;
-        let mut query = None;
-        let mut content_type = None;
-        let mut traceparent = None;
-        let mut reply_topic = None;
-        let mut reply_partition = None;
-        let mut deadline_ms = None;
-        let mut forwarded = Vec::new();
-        for (name, value) in pairs {
-            let value = value.unwrap_or_default();
-            let text = |header| text(value, header).map(str::to_owned);
-            match name {
-                headers::REQUEST_ID => id = Some(text(headers::REQUEST_ID)?.parse()?),
-                headers::ROUTE => route = Some(text(headers::ROUTE)?),
-                headers::METHOD => method = Some(text(headers::METHOD)?),
-                headers::PATH => path = Some(text(headers::PATH)?),
-                headers::QUERY => query = Some(text(headers::QUERY)?),
-                headers::CONTENT_TYPE => content_type = Some(text(headers::CONTENT_TYPE)?),
-                headers::TRACEPARENT => traceparent = Some(text(headers::TRACEPARENT)?),
-                headers::REPLY_TOPIC => reply_topic = Some(text(headers::REPLY_TOPIC)?),
-                headers::REPLY_PARTITION => {
-                    reply_partition = Some(number(value, headers::REPLY_PARTITION)?)
-                }
-                headers::DEADLINE => deadline_ms = Some(number(value, headers::DEADLINE)?),
-                other if headers::is_reserved(other) => {}
-                other => forwarded.push((other.to_owned(), value.to_vec())),
-            }
-        }
+        let fields = HeaderFields::split(pairs, &[headers::TRACEPARENT]);
+        let owned = |text: Option<&str>| text.map(str::to_owned);
+        let reply_to = match (
+            fields.text(headers::REPLY_TOPIC)?,
+            fields.number(headers::REPLY_PARTITION)?,
+        ) {
+            (Some(topic), Some(partition)) => Some(ReplyAddress {
+                topic: topic.to_owned(),
+                partition,
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(DecodeError::Missing(headers::REPLY_PARTITION)),
+            (None, Some(_)) => return Err(DecodeError::Missing(headers::REPLY_TOPIC)),
+        };
         Ok(Self {
-            id: id.ok_or(DecodeError::Missing(headers::REQUEST_ID))?,
-            route: route.ok_or(DecodeError::Missing(headers::ROUTE))?,
-            method: method.ok_or(DecodeError::Missing(headers::METHOD))?,
-            path: path.ok_or(DecodeError::Missing(headers::PATH))?,
-            query,
-            content_type,
-            traceparent: traceparent.ok_or(DecodeError::Missing(headers::TRACEPARENT))?,
-            forwarded,
-            reply_to: match (reply_topic, reply_partition) {
-                (Some(topic), Some(partition)) => Some(ReplyAddress { topic, partition }),
-                (None, None) => None,
-                (Some(_), None) => return Err(DecodeError::Missing(headers::REPLY_PARTITION)),
-                (None, Some(_)) => return Err(DecodeError::Missing(headers::REPLY_TOPIC)),
-            },
-            deadline_ms,
+            id: fields.required_text(headers::REQUEST_ID)?.parse()?,
+            route: fields.required_text(headers::ROUTE)?.to_owned(),
+            method: fields.required_text(headers::METHOD)?.to_owned(),
+            path: fields.required_text(headers::PATH)?.to_owned(),
+            query: owned(fields.text(headers::QUERY)?),
+            content_type: owned(fields.text(headers::CONTENT_TYPE)?),
+            traceparent: fields.required_text(headers::TRACEPARENT)?.to_owned(),
+            reply_to,
+            deadline_ms: fields.number(headers::DEADLINE)?,
+            forwarded: fields.other,
         })
     }
-}
-
-/// A header value as text.
-pub(crate) fn text<'a>(value: &'a [u8], header: &'static str) -> Result<&'a str, DecodeError> {
-    std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8(header))
-}
-
-/// Parses a decimal header value.
-pub(crate) fn number<T: std::str::FromStr>(
-    value: &[u8],
-    header: &'static str,
-) -> Result<T, DecodeError> {
-    text(value, header)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or(DecodeError::NotANumber(header))
 }
 
 #[cfg(test)]

@@ -14,13 +14,17 @@
 //!   and deadline), encoded as header pairs and decoded back from them.
 //! - [`ReplyEnvelope`]: the metadata of a reply record: `accepted`,
 //!   `progress` and `final` events on the request's reply partition.
+//! - `header_fields`: the one decoder both envelopes read headers with.
+//! - [`clock`]: unix milliseconds, the contract's unit of time.
 //!
 //! It performs no I/O and knows nothing of HTTP servers or Kafka clients, so
 //! the gateway, the worker SDK and tests in any crate share one definition.
 
+pub mod clock;
 pub mod headers;
 
 mod envelope;
+mod header_fields;
 mod reply;
 mod request_id;
 

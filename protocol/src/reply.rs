@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use crate::envelope::{number, text};
+use crate::header_fields::HeaderFields;
 use crate::{DecodeError, RequestId, headers};
 
 /// What a reply record is.
@@ -87,34 +87,17 @@ impl ReplyEnvelope {
     pub fn from_headers<'a>(
         pairs: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
     ) -> Result<Self, DecodeError> {
-        let mut id = None;
-        let mut kind = None;
-        let mut status = None;
-        let mut content_type = None;
-        let mut extra = Vec::new();
-        for (name, value) in pairs {
-            let value = value.unwrap_or_default();
-            match name {
-                headers::REQUEST_ID => id = Some(text(value, headers::REQUEST_ID)?.parse()?),
-                headers::EVENT => {
-                    kind = Some(
-                        EventKind::parse(value).ok_or(DecodeError::UnknownValue(headers::EVENT))?,
-                    );
-                }
-                headers::STATUS => status = Some(number(value, headers::STATUS)?),
-                headers::CONTENT_TYPE => {
-                    content_type = Some(text(value, headers::CONTENT_TYPE)?.to_owned());
-                }
-                other if headers::is_reserved(other) => {}
-                other => extra.push((other.to_owned(), value.to_vec())),
-            }
-        }
+        let fields = HeaderFields::split(pairs, &[]);
+        let kind = fields
+            .bytes(headers::EVENT)
+            .map(|value| EventKind::parse(value).ok_or(DecodeError::UnknownValue(headers::EVENT)))
+            .transpose()?;
         Ok(Self {
-            id: id.ok_or(DecodeError::Missing(headers::REQUEST_ID))?,
+            id: fields.required_text(headers::REQUEST_ID)?.parse()?,
             kind: kind.ok_or(DecodeError::Missing(headers::EVENT))?,
-            status: status.unwrap_or(200),
-            content_type,
-            headers: extra,
+            status: fields.number(headers::STATUS)?.unwrap_or(200),
+            content_type: fields.text(headers::CONTENT_TYPE)?.map(str::to_owned),
+            headers: fields.other,
         })
     }
 }

@@ -10,6 +10,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::clock;
+
 use uuid::Uuid;
 
 /// The time-ordered id the gateway gives every request.
@@ -40,10 +42,7 @@ impl RequestId {
             Some(p) => panic!("reply partition {p} does not fit a request id"),
             None => NO_REPLY,
         };
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
+        let millis = clock::unix_ms(SystemTime::now());
         let random: [u8; 10] = rand::random();
         let mut bytes = *uuid::Builder::from_unix_timestamp_millis(millis, &random)
             .into_uuid()

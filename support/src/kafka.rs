@@ -1,0 +1,177 @@
+//! Kafka clients as every Osmosis component builds them.
+//!
+//! [`ClientSettings`] assembles a librdkafka configuration in one order,
+//! whatever the component: **Osmosis's defaults, then the user's properties,
+//! then the properties Osmosis fixes** (and `bootstrap.servers`). A user may
+//! tune anything Osmosis merely prefers (batching, timeouts, TLS, SASL) but
+//! cannot weaken what a component's guarantees rest on (`acks=all`, manual
+//! offset stores, group ids).
+
+use std::borrow::Cow;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+/// The layers of one client's configuration; [`ClientSettings::build`]
+/// applies them in precedence order, whatever order they were given in.
+#[derive(Clone, Debug, Default)]
+pub struct ClientSettings {
+    brokers: String,
+    defaults: Vec<(String, String)>,
+    user: Vec<(String, String)>,
+    fixed: Vec<(String, String)>,
+}
+
+impl ClientSettings {
+    /// A client of the cluster reached through `brokers` (comma separated).
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Values Osmosis prefers; the user's properties override them.
+    pub fn defaults(mut self, pairs: &[(&str, &str)]) -> Self {
+        self.defaults.extend(owned(pairs));
+        self
+    }
+
+    /// The user's properties; later calls override earlier ones (e.g.
+    /// shared properties, then a consumer's own).
+    pub fn user<K, V>(mut self, pairs: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        self.user.extend(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned())),
+        );
+        self
+    }
+
+    /// Values a component's guarantees rest on: nothing overrides them.
+    pub fn fixed(mut self, pairs: &[(&str, &str)]) -> Self {
+        self.fixed.extend(owned(pairs));
+        self
+    }
+
+    /// The librdkafka configuration: defaults, user, fixed, brokers.
+    pub fn build(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        for (name, value) in self.defaults.iter().chain(&self.user).chain(&self.fixed) {
+            config.set(name, value);
+        }
+        config.set("bootstrap.servers", &self.brokers);
+        config
+    }
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Kafka record headers from `(name, value)` pairs, in order.
+pub fn to_record_headers<'a, V>(pairs: impl IntoIterator<Item = (&'a str, V)>) -> OwnedHeaders
+where
+    V: AsRef<[u8]>,
+{
+    pairs
+        .into_iter()
+        .fold(OwnedHeaders::new(), |headers, (name, value)| {
+            headers.insert(Header {
+                key: name,
+                value: Some(value.as_ref()),
+            })
+        })
+}
+
+/// A record's headers as `(name, value)` pairs, as the protocol's decoders
+/// take them.
+pub fn header_pairs<H: Headers>(headers: &H) -> Vec<(&str, Option<&[u8]>)> {
+    headers.iter().map(|h| (h.key, h.value)).collect()
+}
+
+/// Owned `(name, value)` pairs from the protocol's borrowed ones.
+pub fn owned_header_pairs(pairs: Vec<(&str, Cow<'_, [u8]>)>) -> Vec<(String, Vec<u8>)> {
+    pairs
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.into_owned()))
+        .collect()
+}
+
+/// Logs librdkafka's own errors (broker down, authentication failed...)
+/// through `tracing`, next to the component's own logs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoggingContext;
+
+impl ClientContext for LoggingContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for LoggingContext {}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Headers;
+
+    use super::*;
+
+    #[test]
+    fn user_properties_override_defaults_and_fixed_ones_override_the_user() {
+        let config = ClientSettings::new("127.0.0.1:9092")
+            .fixed(&[("acks", "all")])
+            .user([
+                ("linger.ms", "50"),
+                ("acks", "0"),
+                ("bootstrap.servers", "elsewhere:1"),
+            ])
+            .defaults(&[("linger.ms", "2"), ("fetch.wait.max.ms", "10")])
+            .build();
+        assert_eq!(
+            config.get("linger.ms"),
+            Some("50"),
+            "the user tunes a default"
+        );
+        assert_eq!(
+            config.get("fetch.wait.max.ms"),
+            Some("10"),
+            "an untouched default stays"
+        );
+        assert_eq!(config.get("acks"), Some("all"), "a fixed value wins");
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+    }
+
+    #[test]
+    fn later_user_properties_override_earlier_ones() {
+        let config = ClientSettings::new("b:1")
+            .user([("client.id", "shared")])
+            .user([("client.id", "consumer")])
+            .build();
+        assert_eq!(config.get("client.id"), Some("consumer"));
+    }
+
+    #[test]
+    fn headers_round_trip_in_order() {
+        let headers = to_record_headers([("a", &b"1"[..]), ("b", &b""[..]), ("a", &b"2"[..])]);
+        assert_eq!(
+            header_pairs(&headers),
+            vec![
+                ("a", Some(&b"1"[..])),
+                ("b", Some(&b""[..])),
+                ("a", Some(&b"2"[..]))
+            ]
+        );
+        assert_eq!(headers.count(), 3);
+    }
+}

@@ -1,0 +1,21 @@
+//! What every Osmosis process shares and no component owns: the gateway,
+//! the workers and the autoscaler each need it, written once here.
+//!
+//! # Layout
+//! - [`telemetry`]: logging set-up (text or JSON lines, `RUST_LOG`).
+//! - [`shutdown`]: the SIGTERM/SIGINT future every binary stops on.
+//! - [`kafka`]: Kafka client settings with one documented precedence, the
+//!   conversion between protocol header pairs and Kafka record headers, and
+//!   the client context that logs librdkafka's own errors.
+//! - [`metrics`]: registering metrics in place and rendering a registry.
+//!
+//! It knows nothing of channels, routes or replies: the wire contract lives
+//! in `osmosis-protocol`, and each component's behaviour in its own crate.
+
+pub mod kafka;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use shutdown::shutdown_signal;
+pub use telemetry::{LogFormat, init_logging};
