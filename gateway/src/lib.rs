@@ -2,34 +2,45 @@
 //! into its route's Kafka topic (a *channel*) and answers once Kafka has
 //! durably accepted it.
 //!
+//! A request flows one way through the modules:
+//! [`server`] (the HTTP surfaces) → [`request_record`] (where a request
+//! becomes a Kafka record) → [`writer`] (the produce, acknowledged by
+//! Kafka); replies come back through [`replies`] and reach the client in
+//! [`server::requests`] (a response) or [`sse::request`] (a stream).
+//!
 //! # Layout
 //! - [`config`]: the YAML configuration with environment overrides, validated
-//!   at start-up.
-//! - [`server`]: the HTTP router built from the routes, the handlers and the
-//!   gateway's own endpoints (`/healthz`, `/readyz`, `/metrics`).
-//! - [`channel`]: writing records into channel topics: the
-//!   [`channel::ChannelWriter`] seam and its Kafka implementation.
+//!   at start-up; [`route`]: a configured route prepared for the request path.
+//! - [`server`]: one file per HTTP surface (configured routes, requests,
+//!   channels, operations), each with its `routes()`.
+//! - [`request_record`]: body, routing key, forwarded headers and trace
+//!   context ([`trace_context`]) → the request record.
+//! - [`writer`]: the [`writer::RecordWriter`] seam and its Kafka producer;
+//!   [`topics`]: the start-up check of the topics.
 //! - [`replies`]: replies coming back: waiting requests, this instance's
-//!   reply consumer, the recent-replies cache and lookups through Kafka.
+//!   reply consumer, the recent-replies cache, `accepted` markers, lookups
+//!   and shared tails for any instance's requests.
 //! - [`sse`]: Server-Sent Event streams of requests and channels.
 //! - [`subscriptions`]: live feeds of subscribable channels (one consumer
 //!   per topic, fanned out in memory) and catch-up reads for resumes.
-//! - [`tails`]: request event streams, sharing one tail per reply partition.
 //! - [`problem`]: every client-visible error as `application/problem+json`.
 //! - [`metrics`]: the Prometheus metrics.
 //!
 //! [`run`] ties them together: check the channels, serve until the shutdown
 //! future resolves, let in-flight requests finish, flush the producer.
 
-pub mod channel;
 pub mod config;
 pub mod metrics;
 pub mod problem;
 pub mod replies;
+pub mod request_record;
+pub mod route;
 pub mod server;
 pub mod sse;
 pub mod subscriptions;
-pub mod tails;
+pub mod topics;
+pub mod trace_context;
+pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,17 +48,22 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::channel::{ChannelSetupError, KafkaChannels};
+use rdkafka::error::KafkaError;
+
 use crate::config::Config;
 use crate::replies::{RepliesError, ReplyHub};
 use crate::server::AppState;
 use crate::subscriptions::Subscriptions;
+use crate::topics::{TopicSetupError, ensure_topics};
+use crate::writer::{KafkaWriter, RecordWriter};
 
 /// Why the gateway stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("invalid Kafka client configuration: {0}")]
+    Client(#[source] KafkaError),
     #[error(transparent)]
-    Channels(#[from] ChannelSetupError),
+    Topics(#[from] TopicSetupError),
     #[error(transparent)]
     Replies(#[from] RepliesError),
     #[error("the HTTP server failed: {0}")]
@@ -70,19 +86,24 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let channels = KafkaChannels::new(&config.kafka)?;
-    channels
-        .ensure_topics(&config.topics(), options.create_topics)
-        .await?;
+    let kafka = KafkaWriter::new(&config.kafka).map_err(Error::Client)?;
+    ensure_topics(
+        &kafka,
+        &config.topics(),
+        options.create_topics,
+        config.kafka.metadata_timeout(),
+    )
+    .await?;
+    let writer: Arc<dyn RecordWriter> = Arc::new(kafka.clone());
     let replies = if config.has_request_routes() {
-        Some(ReplyHub::start(&config.kafka, &config.replies).await?)
+        Some(ReplyHub::start(&config.kafka, &config.replies, Arc::clone(&writer)).await?)
     } else {
         None
     };
 
     let retry_after =
         Duration::from_millis(config.kafka.produce_timeout_ms).max(Duration::from_secs(1));
-    let mut state = AppState::new(Arc::new(channels.clone()), retry_after, &config.sse);
+    let mut state = AppState::new(writer, retry_after, &config.sse);
     state.replies = replies;
     state.subscribable = Arc::new(
         config
@@ -125,7 +146,7 @@ pub async fn run(
         served = serve => served.map_err(Error::Serve)?,
         () = drain_deadline => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
     }
-    channels.flush(grace).await;
+    kafka.flush(grace).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use osmosis_gateway::config::Config;
 use osmosis_gateway::{RunOptions, run};
-use tracing_subscriber::EnvFilter;
+use osmosis_support::{LogFormat, init_logging, shutdown_signal};
 
 /// HTTP → Kafka gateway: every request becomes a record in its channel topic.
 #[derive(Parser, Debug)]
@@ -24,12 +24,6 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 const ENV_HELP: &str = "\
 Every setting of the configuration file can be overridden from the environment
 with the prefix OSMOSIS_ and `__` between nested keys, for example:
@@ -41,25 +35,6 @@ with the prefix OSMOSIS_ and `__` between nested keys, for example:
   OSMOSIS_KAFKA__PROPERTIES__SECURITY_PROTOCOL=SASL_SSL   (sets security.protocol)
   OSMOSIS_CHANNELS__ORDERS__PARTITIONS=12
 Log verbosity: RUST_LOG (default info).";
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate.recv() => {},
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

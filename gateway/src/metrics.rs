@@ -1,5 +1,6 @@
 //! The gateway's Prometheus metrics, all prefixed `osmosis_gateway_`.
 
+use osmosis_support::metrics::{RegisterMetric, render};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -40,6 +41,12 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
+/// A latency histogram per label set.
+fn latency_histograms<L: Clone + std::hash::Hash + Eq>() -> Family<L, Histogram, fn() -> Histogram>
+{
+    Family::new_with_constructor(latency_histogram)
+}
+
 /// Every metric the gateway exports, and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
@@ -57,77 +64,53 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("osmosis_gateway");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "HTTP requests answered, by route pattern, method and status",
-            requests.clone(),
-        );
-        let request_duration =
-            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
-        registry.register(
-            "request_duration_seconds",
-            "Time from request received to response headers, by route pattern",
-            request_duration.clone(),
-        );
-        let produce_duration =
-            Family::<ChannelLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
-        registry.register(
-            "produce_duration_seconds",
-            "Time from handing a record to the producer to Kafka's acknowledgement",
-            produce_duration.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "requests_in_flight",
-            "HTTP requests being served",
-            in_flight.clone(),
-        );
-        let producer_queue_depth = Gauge::default();
-        registry.register(
-            "producer_queue_depth",
-            "Records handed to the producer and not yet acknowledged",
-            producer_queue_depth.clone(),
-        );
-        let sse_streams = Family::<StreamLabels, Gauge>::default();
-        registry.register(
-            "sse_streams",
-            "Open Server-Sent Event streams, by kind (request, channel)",
-            sse_streams.clone(),
-        );
-        let sse_events = Family::<StreamLabels, Counter>::default();
-        registry.register(
-            "sse_events",
-            "Server-Sent Events sent, by kind",
-            sse_events.clone(),
-        );
-        let sse_slow_disconnects = Counter::default();
-        registry.register(
-            "sse_slow_disconnects",
-            "Channel subscribers cut off for falling too far behind",
-            sse_slow_disconnects.clone(),
-        );
-        let sse_catch_up_reads = Counter::default();
-        registry.register(
-            "sse_catch_up_reads",
-            "Subscriptions that read their catch-up from Kafka before joining the live feed",
-            sse_catch_up_reads.clone(),
-        );
         Self {
+            requests: registry.add(
+                "requests",
+                "HTTP requests answered, by route pattern, method and status",
+                Family::default(),
+            ),
+            request_duration: registry.add(
+                "request_duration_seconds",
+                "Time from request received to response headers, by route pattern",
+                latency_histograms(),
+            ),
+            produce_duration: registry.add(
+                "produce_duration_seconds",
+                "Time from handing a record to the producer to Kafka's acknowledgement",
+                latency_histograms(),
+            ),
+            in_flight: registry.add(
+                "requests_in_flight",
+                "HTTP requests being served",
+                Gauge::default(),
+            ),
+            producer_queue_depth: registry.add(
+                "producer_queue_depth",
+                "Records handed to the producer and not yet acknowledged",
+                Gauge::default(),
+            ),
+            sse_streams: registry.add(
+                "sse_streams",
+                "Open Server-Sent Event streams, by kind (request, channel)",
+                Family::default(),
+            ),
+            sse_events: registry.add(
+                "sse_events",
+                "Server-Sent Events sent, by kind",
+                Family::default(),
+            ),
+            sse_slow_disconnects: registry.add(
+                "sse_slow_disconnects",
+                "Channel subscribers cut off for falling too far behind",
+                Counter::default(),
+            ),
+            sse_catch_up_reads: registry.add(
+                "sse_catch_up_reads",
+                "Subscriptions that read their catch-up from Kafka before joining the live feed",
+                Counter::default(),
+            ),
             registry,
-            sse_streams,
-            sse_events,
-            sse_slow_disconnects,
-            sse_catch_up_reads,
-            requests,
-            request_duration,
-            produce_duration,
-            in_flight,
-            producer_queue_depth,
         }
     }
 }
@@ -135,9 +118,6 @@ impl Default for Metrics {
 impl Metrics {
     /// The registry in Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        render(&self.registry)
     }
 }

@@ -11,13 +11,21 @@
 //! `[start, snapshot)` from Kafka and the live feed delivers from the
 //! snapshot on: the two meet exactly.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::str::FromStr;
+//!
+//! # Layout
+//! - [`positions`]: the position vector and its `Last-Event-ID` text.
+//! - `catch_up`: the Kafka reads of resumes and start positions.
+//! - this file: the live feeds and what a subscriber is handed.
+
+mod catch_up;
+pub mod positions;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use osmosis_support::kafka::ClientSettings;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -25,66 +33,10 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{broadcast, mpsc};
 
+pub use positions::{InvalidPositions, Positions};
+
 use crate::config::KafkaConfig;
-
-/// Next offset to deliver, per partition.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Positions(BTreeMap<i32, i64>);
-
-/// A `Last-Event-ID` that is not a position vector.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not an event id of this stream (partition:offset pairs)")]
-pub struct InvalidPositions(String);
-
-impl Positions {
-    pub fn get(&self, partition: i32) -> Option<i64> {
-        self.0.get(&partition).copied()
-    }
-
-    pub fn set(&mut self, partition: i32, next: i64) {
-        self.0.insert(partition, next);
-    }
-
-    /// Marks `offset` of `partition` as delivered.
-    pub fn advance(&mut self, partition: i32, offset: i64) {
-        self.0.insert(partition, offset + 1);
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
-        self.0.iter().map(|(p, o)| (*p, *o))
-    }
-}
-
-/// `0:17,1:5`: partition `0` resumes at offset 17, partition 1 at 5.
-impl fmt::Display for Positions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (partition, next)) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{partition}:{next}")?;
-        }
-        Ok(())
-    }
-}
-
-impl FromStr for Positions {
-    type Err = InvalidPositions;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || InvalidPositions(text.to_owned());
-        let mut positions = BTreeMap::new();
-        for pair in text.trim().split(',') {
-            let (partition, next) = pair.split_once(':').ok_or_else(invalid)?;
-            let partition: i32 = partition.parse().map_err(|_| invalid())?;
-            let next: i64 = next.parse().map_err(|_| invalid())?;
-            if partition < 0 || next < 0 || positions.insert(partition, next).is_some() {
-                return Err(invalid());
-            }
-        }
-        Ok(Self(positions))
-    }
-}
+use catch_up::{read_range, watermarks};
 
 /// One record of a subscribed topic.
 #[derive(Debug)]
@@ -178,18 +130,18 @@ pub struct Subscriptions {
 
 impl Subscriptions {
     pub fn new(kafka: &KafkaConfig, buffer: usize) -> Self {
-        let mut client_config = ClientConfig::new();
-        // Prefetch bounded (librdkafka's default queue is 64 MiB per client):
-        // the broadcast ring, not the fetch queue, is the subscriber's buffer.
-        client_config.set("queued.max.messages.kbytes", "8192");
-        for (name, value) in &kafka.properties {
-            client_config.set(name, value);
-        }
-        client_config
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("group.id", "osmosis-gateway-subscriptions")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10");
+        let client_config = ClientSettings::new(&kafka.brokers)
+            // Prefetch bounded (librdkafka's default queue is 64 MiB per
+            // client): the broadcast ring, not the fetch queue, is the
+            // subscriber's buffer.
+            .defaults(&[("queued.max.messages.kbytes", "8192")])
+            .user(&kafka.properties)
+            .fixed(&[
+                ("group.id", "osmosis-gateway-subscriptions"),
+                ("enable.auto.commit", "false"),
+                ("fetch.wait.max.ms", "10"),
+            ])
+            .build();
         Self {
             client_config,
             buffer,
@@ -230,7 +182,7 @@ impl Subscriptions {
         .await
         .expect("metadata task panicked")
         .map_err(failed)?;
-        if ends.0.is_empty() {
+        if ends.is_empty() {
             return Err(SubscriptionError::NoPartitions(topic.to_owned()));
         }
         let mut assignment = TopicPartitionList::new();
@@ -331,102 +283,6 @@ impl Subscriptions {
     }
 }
 
-fn read_range(
-    client_config: &ClientConfig,
-    topic: &str,
-    start: &Positions,
-    until: &Positions,
-    tx: &mpsc::Sender<Result<ChannelEvent, SubscriptionError>>,
-) -> Result<(), KafkaError> {
-    let mut remaining: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-    for (partition, end) in until.iter() {
-        let from = start.get(partition).unwrap_or(0);
-        if from < end {
-            remaining.insert(partition, (from, end));
-        }
-    }
-    if remaining.is_empty() {
-        return Ok(());
-    }
-    let consumer: BaseConsumer = client_config.create()?;
-    let mut assignment = TopicPartitionList::new();
-    for (partition, (from, _)) in &remaining {
-        assignment.add_partition_offset(topic, *partition, Offset::Offset(*from))?;
-    }
-    consumer.assign(&assignment)?;
-    let idle_limit = Duration::from_secs(30);
-    let mut last_progress = Instant::now();
-    while !remaining.is_empty() {
-        if tx.is_closed() {
-            return Ok(());
-        }
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            if last_progress.elapsed() > idle_limit {
-                // Retention removed what was asked for, or the broker is
-                // gone: stop rather than hang; the live feed continues.
-                tracing::warn!(topic, "catch-up made no progress; joining the live feed");
-                return Ok(());
-            }
-            continue;
-        };
-        let message = message?;
-        last_progress = Instant::now();
-        let partition = message.partition();
-        let Some((_, end)) = remaining.get(&partition).copied() else {
-            continue;
-        };
-        if message.offset() >= end {
-            remaining.remove(&partition);
-            continue;
-        }
-        let event = ChannelEvent::from_message(&message, Arc::from(""));
-        if tx.blocking_send(Ok(event)).is_err() {
-            return Ok(());
-        }
-        if message.offset() + 1 >= end {
-            remaining.remove(&partition);
-        }
-    }
-    Ok(())
-}
-
-/// (low, high) watermarks of every partition of `topic`.
-fn watermarks(
-    client_config: &ClientConfig,
-    topic: &str,
-    timeout: Duration,
-) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
-    let consumer: BaseConsumer = client_config.create()?;
-    // A partition whose leader is still being elected (a topic just
-    // created, a broker failing over) answers an error for a moment: retry
-    // within the timeout before the client hears 503.
-    let deadline = Instant::now() + timeout;
-    loop {
-        match read_watermarks(&consumer, topic, timeout) {
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            outcome => return outcome,
-        }
-    }
-}
-
-fn read_watermarks(
-    consumer: &BaseConsumer,
-    topic: &str,
-    timeout: Duration,
-) -> Result<BTreeMap<i32, (i64, i64)>, KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut out = BTreeMap::new();
-    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-        for partition in t.partitions() {
-            out.insert(
-                partition.id(),
-                consumer.fetch_watermarks(topic, partition.id(), timeout)?,
-            );
-        }
-    }
-    Ok(out)
-}
-
 async fn run_feed(feed: Arc<Feed>, consumer: StreamConsumer) {
     loop {
         match consumer.recv().await {
@@ -438,30 +294,6 @@ async fn run_feed(feed: Arc<Feed>, consumer: StreamConsumer) {
                 let _ = feed.events.send(Arc::new(event));
             }
             Err(error) => tracing::warn!(topic = %feed.topic, %error, "live feed error"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_round_trip_through_their_text() {
-        let mut positions = Positions::default();
-        positions.set(0, 17);
-        positions.set(2, 0);
-        positions.advance(1, 4);
-        assert_eq!(positions.to_string(), "0:17,1:5,2:0");
-        assert_eq!("0:17,1:5,2:0".parse::<Positions>().unwrap(), positions);
-    }
-
-    #[test]
-    fn malformed_event_ids_are_rejected() {
-        for bad in [
-            "", "0", "0:", ":1", "a:1", "0:-1", "-1:0", "0:1,0:2", "0:1;1:2",
-        ] {
-            assert!(bad.parse::<Positions>().is_err(), "{bad:?}");
         }
     }
 }

@@ -1,0 +1,117 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+kafka: { brokers: "127.0.0.1:9092" }
+channels: { orders: { partitions: 3 } }
+routes:
+  - { method: POST, path: "/orders/{id}", channel: orders, key: { path: id } }
+"#;
+
+fn error_of(yaml: &str) -> String {
+    Config::from_yaml(yaml).unwrap_err().to_string()
+}
+
+#[test]
+fn defaults_fill_what_the_file_leaves_out() {
+    let config = Config::from_yaml(MINIMAL).unwrap();
+    assert_eq!(config.listen, default_listen());
+    let route = &config.routes[0];
+    assert_eq!(route.mode, Mode::Publish);
+    assert_eq!(route.max_body_bytes, 1024 * 1024);
+    assert_eq!(route.label(), "POST /orders/{id}");
+    assert_eq!(config.channels["orders"].partitions, 3);
+    assert_eq!(config.kafka.produce_timeout(), Duration::from_secs(5));
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_name() {
+    let yaml = format!("{MINIMAL}\nlisten_port: 80\n");
+    assert!(
+        error_of(&yaml).contains("listen_port"),
+        "{}",
+        error_of(&yaml)
+    );
+}
+
+#[test]
+fn a_route_to_an_undeclared_channel_names_the_field() {
+    let yaml = MINIMAL.replace("channel: orders", "channel: nowhere");
+    assert_eq!(
+        error_of(&yaml),
+        "routes[0].channel: channel \"nowhere\" is not declared under channels"
+    );
+}
+
+#[test]
+fn a_path_key_must_name_a_path_parameter() {
+    let yaml = MINIMAL.replace("path: id }", "path: customer }");
+    assert!(error_of(&yaml).starts_with("routes[0].key.path:"));
+}
+
+#[test]
+fn reserved_headers_cannot_be_forwarded() {
+    let yaml = MINIMAL.replace(
+        "key: { path: id } }",
+        "forward_headers: [Osmosis-Request-Id] }",
+    );
+    assert!(error_of(&yaml).starts_with("routes[0].forward_headers:"));
+}
+
+#[test]
+fn durability_settings_cannot_be_overridden() {
+    let yaml = MINIMAL.replace(
+        "brokers: \"127.0.0.1:9092\"",
+        "brokers: \"127.0.0.1:9092\", properties: { acks: \"1\" }",
+    );
+    assert!(error_of(&yaml).starts_with("kafka.properties.acks:"));
+}
+
+#[test]
+fn instances_share_the_reply_partitions() {
+    let yaml = format!("{MINIMAL}\nreplies: {{ partitions: 6, instance: 1, instances: 3 }}\n");
+    let config = Config::from_yaml(&yaml).unwrap();
+    let owned: Vec<i32> = (0..6).filter(|p| config.replies.owns(*p)).collect();
+    assert_eq!(owned, vec![1, 4]);
+}
+
+#[test]
+fn an_instance_needs_a_reply_partition_of_its_own() {
+    let yaml = format!("{MINIMAL}\nreplies: {{ partitions: 2, instance: 0, instances: 3 }}\n");
+    assert!(error_of(&yaml).starts_with("replies.partitions:"));
+    let yaml = format!("{MINIMAL}\nreplies: {{ partitions: 4, instance: 3, instances: 3 }}\n");
+    assert!(error_of(&yaml).starts_with("replies.instance:"));
+}
+
+#[test]
+fn the_reply_topic_is_needed_only_by_request_routes() {
+    let config = Config::from_yaml(MINIMAL).unwrap();
+    assert!(!config.topics().contains_key("osmosis.replies"));
+    let yaml = MINIMAL.replace("key: { path: id } }", "key: { path: id }, mode: request }");
+    let config = Config::from_yaml(&yaml).unwrap();
+    assert_eq!(config.topics()["osmosis.replies"].partitions, 1);
+}
+
+#[test]
+fn gateway_paths_cannot_be_routed() {
+    let yaml = MINIMAL
+        .replace("/orders/{id}", "/metrics")
+        .replace("key: { path: id }", "");
+    assert!(error_of(&yaml).starts_with("routes[0].path:"));
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail dictates the closure's error type
+fn environment_overrides_the_file() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("gateway.yaml", MINIMAL)?;
+        jail.set_env("OSMOSIS_LISTEN", "127.0.0.1:9999");
+        jail.set_env("OSMOSIS_KAFKA__BROKERS", "k1:9092,k2:9092");
+        jail.set_env("OSMOSIS_KAFKA__PROPERTIES__SECURITY_PROTOCOL", "SASL_SSL");
+        jail.set_env("OSMOSIS_SOMETHING_ELSE", "not a setting");
+        let config = Config::load(Some(Path::new("gateway.yaml"))).unwrap();
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(config.kafka.properties["security.protocol"], "SASL_SSL");
+        Ok(())
+    });
+}

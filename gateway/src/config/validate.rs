@@ -1,0 +1,196 @@
+//! The start-up validation of a loaded configuration: every error names
+//! the field it is about.
+
+use std::collections::HashSet;
+
+use osmosis_protocol::MAX_REPLY_PARTITION;
+use osmosis_protocol::headers::{TRACEPARENT, is_reserved};
+
+use super::{Config, ConfigError, KeySource, Mode, RESERVED_PATHS, RouteConfig, invalid};
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_kafka()?;
+        self.validate_channels()?;
+        self.validate_replies()?;
+        if self.sse.max_connections == 0 || self.sse.subscriber_buffer == 0 {
+            return Err(invalid(
+                "sse",
+                "max_connections and subscriber_buffer must be positive",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let field = |name: &str| format!("routes[{i}].{name}");
+            if !seen.insert((route.method.to_ascii_uppercase(), route.path.clone())) {
+                return Err(invalid(
+                    field("path"),
+                    format!("{} {} is routed twice", route.method, route.path),
+                ));
+            }
+            self.validate_route(route, &field)?;
+        }
+        Ok(())
+    }
+
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must name at least one broker"));
+        }
+        if self.kafka.produce_timeout_ms == 0 {
+            return Err(invalid("kafka.produce_timeout_ms", "must be positive"));
+        }
+        for fixed in ["acks", "enable.idempotence", "bootstrap.servers"] {
+            if self.kafka.properties.contains_key(fixed) {
+                return Err(invalid(
+                    format!("kafka.properties.{fixed}"),
+                    "is set by the gateway (acks=all, idempotent producer, kafka.brokers) and cannot be overridden",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_channels(&self) -> Result<(), ConfigError> {
+        for (name, channel) in &self.channels {
+            if name.is_empty() || name.len() > 249 {
+                return Err(invalid("channels", format!("{name:?} is not a topic name")));
+            }
+            if channel.partitions < 1 {
+                return Err(invalid(
+                    format!("channels.{name}.partitions"),
+                    "must be at least 1",
+                ));
+            }
+            if channel.replication_factor < 1 {
+                return Err(invalid(
+                    format!("channels.{name}.replication_factor"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_replies(&self) -> Result<(), ConfigError> {
+        let replies = &self.replies;
+        if replies.topic.is_empty() {
+            return Err(invalid("replies.topic", "must not be empty"));
+        }
+        if replies.instances == 0 || replies.instance >= replies.instances {
+            return Err(invalid(
+                "replies.instance",
+                format!(
+                    "must be below replies.instances ({}), counting from 0",
+                    replies.instances
+                ),
+            ));
+        }
+        if replies.partitions < replies.instances as i32 {
+            return Err(invalid(
+                "replies.partitions",
+                "must be at least replies.instances: every instance needs a reply partition",
+            ));
+        }
+        if replies.partitions > MAX_REPLY_PARTITION + 1 {
+            return Err(invalid(
+                "replies.partitions",
+                format!(
+                    "at most {} (request ids name their reply partition in 12 bits)",
+                    MAX_REPLY_PARTITION + 1
+                ),
+            ));
+        }
+        if replies.cache.max_entries == 0 || replies.cache.max_bytes == 0 {
+            return Err(invalid(
+                "replies.cache",
+                "max_entries and max_bytes must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_route(
+        &self,
+        route: &RouteConfig,
+        field: &dyn Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        http::Method::from_bytes(route.method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+            invalid(
+                field("method"),
+                format!("{:?} is not an HTTP method", route.method),
+            )
+        })?;
+        if !route.path.starts_with('/') {
+            return Err(invalid(field("path"), "must start with '/'"));
+        }
+        if RESERVED_PATHS.contains(&route.path.as_str()) || route.path.starts_with("/v1/") {
+            return Err(invalid(
+                field("path"),
+                format!("{} is served by the gateway itself", route.path),
+            ));
+        }
+        if !self.channels.contains_key(&route.channel) {
+            return Err(invalid(
+                field("channel"),
+                format!("channel {:?} is not declared under channels", route.channel),
+            ));
+        }
+        if route.mode == Mode::Request && route.timeout_ms > route.max_wait_ms {
+            return Err(invalid(
+                field("timeout_ms"),
+                format!("must not exceed max_wait_ms ({})", route.max_wait_ms),
+            ));
+        }
+        if route.max_body_bytes == 0 {
+            return Err(invalid(field("max_body_bytes"), "must be positive"));
+        }
+        validate_key(route, field)?;
+        for name in &route.forward_headers {
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                invalid(
+                    field("forward_headers"),
+                    format!("{name:?} is not a header name"),
+                )
+            })?;
+            if is_reserved(name) || name.eq_ignore_ascii_case(TRACEPARENT) {
+                return Err(invalid(
+                    field("forward_headers"),
+                    format!("{name} is written by the gateway and cannot be forwarded"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_key(route: &RouteConfig, field: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    match &route.key {
+        Some(KeySource::Path(param)) => {
+            let one = format!("{{{param}}}");
+            let rest = format!("{{*{param}}}");
+            if !route.path.contains(&one) && !route.path.contains(&rest) {
+                return Err(invalid(
+                    field("key.path"),
+                    format!("{} has no {{{param}}} parameter", route.path),
+                ));
+            }
+        }
+        Some(KeySource::Header(name)) => {
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                invalid(
+                    field("key.header"),
+                    format!("{name:?} is not a header name"),
+                )
+            })?;
+        }
+        Some(KeySource::Json(pointer)) if !pointer.is_empty() && !pointer.starts_with('/') => {
+            return Err(invalid(
+                field("key.json"),
+                "a JSON pointer is empty or starts with '/'",
+            ));
+        }
+        Some(KeySource::Json(_)) | None => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Finding any request's events in Kafka, from any instance: the id names
+//! its reply partition and its creation time, so Kafka's time index gives
+//! where to start, and a bounded scan from there finds the events.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use osmosis_protocol::clock::unix_ms;
+use osmosis_protocol::{EventKind, RequestId};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::event::ReplyEvent;
+
+/// What is known about a request id.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The final reply.
+    Replied(Arc<ReplyEvent>),
+    /// Accepted, no final reply yet.
+    Pending,
+    /// Never seen (or gone with retention).
+    Unknown,
+}
+
+/// Reads of the reply topic that are not this instance's own consumption.
+pub struct ReplyLog {
+    topic: String,
+    client_config: ClientConfig,
+    /// The scanning client, created on first use; a scan holds it for
+    /// seconds, so lookups take turns.
+    scanner: Mutex<Option<BaseConsumer>>,
+    /// For offset queries only (thread-safe, never assigned): kept apart
+    /// from `scanner`, so a stream's start is not queued behind a scan.
+    offsets: OnceLock<BaseConsumer>,
+    /// Most records one scan reads before giving up.
+    max_records: u64,
+    metadata_timeout: Duration,
+}
+
+impl ReplyLog {
+    pub fn new(
+        topic: String,
+        client_config: ClientConfig,
+        max_records: u64,
+        metadata_timeout: Duration,
+    ) -> Self {
+        Self {
+            topic,
+            client_config,
+            scanner: Mutex::new(None),
+            offsets: OnceLock::new(),
+            max_records,
+            metadata_timeout,
+        }
+    }
+
+    /// Reads the reply partition from just before the id's timestamp to its
+    /// end, at most `max_records` records, looking for the id's events.
+    /// Blocking: call it from a blocking task.
+    pub fn scan(&self, id: RequestId, partition: i32) -> Result<Lookup, KafkaError> {
+        let mut slot = self.scanner.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(self.client_config.create()?);
+        }
+        let consumer = slot.as_ref().expect("just created");
+        let (low, high) =
+            consumer.fetch_watermarks(&self.topic, partition, self.metadata_timeout)?;
+        if high <= low {
+            return Ok(Lookup::Unknown);
+        }
+        let Some(start) = self.first_offset_since(consumer, id, partition)? else {
+            return Ok(Lookup::Unknown);
+        };
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
+        consumer.assign(&assignment)?;
+        let key = id.to_string();
+        let mut accepted = false;
+        let mut read = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut position = start;
+        while position < high && read < self.max_records && Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message?;
+            read += 1;
+            position = message.offset() + 1;
+            if message.key() != Some(key.as_bytes()) {
+                continue;
+            }
+            let Some(event) = ReplyEvent::decode(&message) else {
+                continue;
+            };
+            match event.envelope.kind {
+                EventKind::Final => return Ok(Lookup::Replied(Arc::new(event))),
+                EventKind::Accepted | EventKind::Progress => accepted = true,
+            }
+        }
+        Ok(if accepted {
+            Lookup::Pending
+        } else {
+            Lookup::Unknown
+        })
+    }
+
+    /// Where a stream of `id`'s events starts without a resume position: at
+    /// the first record since the id's time, else at the partition's end.
+    /// Blocking: call it from a blocking task.
+    pub fn stream_start(&self, id: RequestId, partition: i32) -> Result<i64, KafkaError> {
+        if self.offsets.get().is_none() {
+            // A racing stream may have set it meanwhile: either client serves.
+            let _ = self.offsets.set(self.client_config.create()?);
+        }
+        let consumer = self.offsets.get().expect("set above");
+        // The end first: a record written between the two queries is then
+        // after the start, not skipped.
+        let (_, end) = consumer.fetch_watermarks(&self.topic, partition, self.metadata_timeout)?;
+        Ok(self
+            .first_offset_since(consumer, id, partition)?
+            .unwrap_or(end))
+    }
+
+    /// The first offset of `partition` at or after the time `id` was created
+    /// (minus a little clock skew between gateway and broker); `None` when
+    /// no record is that recent.
+    fn first_offset_since(
+        &self,
+        consumer: &BaseConsumer,
+        id: RequestId,
+        partition: i32,
+    ) -> Result<Option<i64>, KafkaError> {
+        let since_ms = unix_ms(id.created_at() - Duration::from_secs(5)) as i64;
+        let mut query = TopicPartitionList::new();
+        query.add_partition_offset(&self.topic, partition, Offset::Offset(since_ms))?;
+        let found = consumer.offsets_for_times(query, self.metadata_timeout)?;
+        Ok(
+            match found
+                .find_partition(&self.topic, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(offset)) => Some(offset),
+                _ => None,
+            },
+        )
+    }
+}

@@ -1,0 +1,105 @@
+//! `GET /v1/channels/{name}`: a live subscription to a subscribable
+//! channel as Server-Sent Events, optionally filtered by key, resumed with
+//! `Last-Event-ID` or started `from=earliest|latest|<time>`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use bytes::Bytes;
+use http::HeaderMap;
+use osmosis_protocol::clock::unix_ms;
+
+use super::AppState;
+use crate::problem::Problem;
+use crate::sse::{self, ChannelStream, RecordFormat, StreamKind};
+use crate::subscriptions::{Positions, StartAt, SubscriptionError};
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/v1/channels/{name}", get(subscribe_channel))
+}
+
+/// Query of `GET /v1/channels/{name}`.
+#[derive(serde::Deserialize)]
+struct SubscribeQuery {
+    /// `earliest`, `latest` (default) or an RFC 3339 time.
+    from: Option<String>,
+    /// Only records with exactly this key.
+    key: Option<String>,
+    /// `value` (default) or `json` (partition, offset, key, timestamp, value).
+    format: Option<String>,
+}
+
+/// `GET /v1/channels/{name}`: a live subscription as Server-Sent Events.
+async fn subscribe_channel(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(query): Query<SubscribeQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let subscriptions = match &state.subscriptions {
+        Some(subscriptions) if state.subscribable.contains(&name) => subscriptions,
+        _ => {
+            return Err(Problem::NotFound(format!(
+                "/v1/channels/{name} (not a subscribable channel)"
+            )));
+        }
+    };
+    let resume = sse::last_event_id(&headers)
+        .map(|last| {
+            last.parse::<Positions>()
+                .map_err(|error| Problem::BadRequest(format!("Last-Event-ID: {error}")))
+        })
+        .transpose()?;
+    let from = match query.from.as_deref() {
+        None | Some("latest") => StartAt::Latest,
+        Some("earliest") => StartAt::Earliest,
+        Some(time) => {
+            let at = humantime::parse_rfc3339_weak(time).map_err(|_| {
+                Problem::BadRequest(format!(
+                    "from={time:?}: expected earliest, latest or an RFC 3339 time"
+                ))
+            })?;
+            StartAt::Time(unix_ms(at) as i64)
+        }
+    };
+    let format = match query.format.as_deref() {
+        None | Some("value") => RecordFormat::Value,
+        Some("json") => RecordFormat::Json,
+        Some(other) => {
+            return Err(Problem::BadRequest(format!(
+                "format={other:?}: expected value or json"
+            )));
+        }
+    };
+    let open = state.streams.open(StreamKind::Channel, state.retry_after)?;
+    let unavailable = |error: SubscriptionError| Problem::Unavailable {
+        reason: error.to_string(),
+        retry_after: state.retry_after,
+    };
+    let feed = subscriptions.feed(&name).await.map_err(unavailable)?;
+    let start = match resume {
+        Some(positions) => Some(positions),
+        None => subscriptions
+            .start_positions(&name, from)
+            .await
+            .map_err(unavailable)?,
+    };
+    let live = feed.subscribe();
+    let catch_up = start
+        .clone()
+        .map(|start| subscriptions.catch_up(&name, start, live.snapshot.clone()));
+    Ok(sse::channel_stream(
+        &state.streams,
+        ChannelStream {
+            open,
+            live,
+            catch_up,
+            start,
+            key: query.key.map(Bytes::from),
+            format,
+        },
+    ))
+}

@@ -1,0 +1,105 @@
+//! The gateway's own endpoints — `/healthz` (the process serves),
+//! `/readyz` (Kafka answers, not shutting down), `/metrics` — and the
+//! middleware that counts and times every request.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use http::header;
+
+use super::AppState;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::problem::Problem;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, Problem> {
+    if state.shutdown.is_cancelled() {
+        return Err(Problem::ShuttingDown);
+    }
+    match state.writer.ready().await {
+        Ok(()) => Ok(Json(serde_json::json!({ "status": "ready" })).into_response()),
+        Err(unreachable) => Err(Problem::Unavailable {
+            reason: unreachable.to_string(),
+            retry_after: state.retry_after,
+        }),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    state
+        .metrics
+        .producer_queue_depth
+        .set(state.writer.queue_depth() as i64);
+    (
+        [(header::CONTENT_TYPE, osmosis_support::metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+}
+
+/// Counts every request by route pattern, method and status, and times it.
+pub(super) async fn track_request(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let in_flight = InFlight::enter(&state.metrics);
+    let response = next.run(request).await;
+    drop(in_flight);
+    let status = response.status().as_u16();
+    tracing::debug!(%route, %method, status, "request served");
+    state
+        .metrics
+        .request_duration
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status,
+        })
+        .inc();
+    response
+}
+
+/// Counts a request as in flight for as long as it lives, including when the
+/// client disconnects and the request future is dropped half-way.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}

@@ -1,0 +1,89 @@
+//! The configured routes: method + path pattern → channel. A call is read
+//! within the route's limits, becomes a request record
+//! ([`crate::request_record`]) and is written into its channel; publish
+//! mode answers 202 once Kafka acknowledged it, request mode hands over to
+//! [`super::requests`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::response::Response;
+use axum::routing::{MethodFilter, MethodRouter};
+
+use super::AppState;
+use super::accepted::accepted_response;
+use super::requests;
+use crate::config::{Config, Mode};
+use crate::problem::Problem;
+use crate::request_record::{CallHead, RequestRecord, read_body};
+use crate::route::Route;
+
+/// The configured routes. Routes sharing a path pattern share one
+/// `MethodRouter`, so that a wrong method on a known path is a 405 rather
+/// than a 404.
+pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
+    let mut by_path: BTreeMap<&str, MethodRouter<Arc<AppState>>> = BTreeMap::new();
+    for route_config in &config.routes {
+        let route = Arc::new(Route::from(route_config));
+        let filter = MethodFilter::try_from(route.method.clone()).expect("standard HTTP method");
+        let handler = move |State(state): State<Arc<AppState>>, request: Request| {
+            let route = Arc::clone(&route);
+            async move { accept(state, RoutedCall::extract(route, request).await).await }
+        };
+        let entry = by_path
+            .remove(route_config.path.as_str())
+            .unwrap_or_default();
+        by_path.insert(&route_config.path, entry.on(filter, handler));
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
+}
+
+/// One client call to a configured route.
+struct RoutedCall {
+    route: Arc<Route>,
+    head: CallHead,
+    body: Body,
+}
+
+impl RoutedCall {
+    async fn extract(route: Arc<Route>, request: Request) -> Self {
+        let (mut parts, body) = request.into_parts();
+        let params = Path::<HashMap<String, String>>::from_request_parts(&mut parts, &())
+            .await
+            .map(|Path(params)| params)
+            .unwrap_or_default();
+        Self {
+            route,
+            head: CallHead {
+                method: parts.method,
+                uri: parts.uri,
+                headers: parts.headers,
+                params,
+            },
+            body,
+        }
+    }
+}
+
+async fn accept(state: Arc<AppState>, call: RoutedCall) -> Result<Response, Problem> {
+    if state.shutdown.is_cancelled() {
+        return Err(Problem::ShuttingDown);
+    }
+    let RoutedCall { route, head, body } = call;
+    let body = read_body(&head.headers, body, route.max_body_bytes).await?;
+    match route.mode {
+        Mode::Publish => {
+            let request = RequestRecord::build(&route, &head, body, None)?;
+            let stored = state.write(&route, request.id, request.record).await?;
+            Ok(accepted_response(request.id, &route.channel, stored, false))
+        }
+        Mode::Request => requests::send_and_wait(&state, &route, &head, body).await,
+    }
+}

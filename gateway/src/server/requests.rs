@@ -1,0 +1,195 @@
+//! Where a reply reaches the client: request mode (write the request, then
+//! wait for its reply as long as the client prefers, or stream its events)
+//! and `GET /v1/requests/{id}` (the reply once there, 202 while pending, or
+//! the remaining events as a stream — on any instance).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use osmosis_protocol::{EventKind, RequestId};
+use tokio::sync::broadcast;
+
+use super::AppState;
+use super::accepted::{Accepted, REQUEST_ID_HEADER, accepted_response, id_header};
+use super::prefer::Preference;
+use crate::problem::Problem;
+use crate::replies::{Lookup, ReplyEvent, ReplyHub};
+use crate::request_record::{CallHead, RequestRecord};
+use crate::route::Route;
+use crate::sse::{self, StreamKind};
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/v1/requests/{id}", get(request_status))
+}
+
+/// Request mode: write the request, then its `accepted` marker, then wait
+/// for the reply as long as the client prefers, or stream its events.
+pub(super) async fn send_and_wait(
+    state: &AppState,
+    route: &Route,
+    head: &CallHead,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let hub = state
+        .replies
+        .clone()
+        .expect("the reply hub runs whenever a route is in request mode");
+    let reply_to = hub.next_address();
+    let request = RequestRecord::build(route, head, body, Some(reply_to.clone()))?;
+    let id = request.id;
+    let open = if sse::wants_event_stream(&head.headers) {
+        Some(state.streams.open(StreamKind::Request, state.retry_after)?)
+    } else {
+        None
+    };
+    // Registered before the write, so that no reply can arrive unseen.
+    let events = hub.wait_for(id);
+    let stored = state
+        .write(route, id, request.record)
+        .await
+        .inspect_err(|_| hub.forget(&id))?;
+    let accepted_json = Accepted::new(id, &route.channel, stored, false).to_json();
+    let marker_offset = hub
+        .mark_accepted(id, &reply_to, accepted_json.clone())
+        .await;
+    if let Some(open) = open {
+        let cache = Arc::clone(&hub);
+        return Ok(sse::own_request_stream(
+            &state.streams,
+            open,
+            sse::accepted_frame(marker_offset, &accepted_json),
+            events,
+            move || cache.recent(&id),
+        ));
+    }
+    let preference = Preference::parse(&head.headers, route.timeout, route.max_wait);
+    let reply = match preference.respond_async {
+        true => None,
+        false => final_reply(&hub, id, events, preference.wait).await,
+    };
+    Ok(match reply {
+        Some(reply) => reply_response(&reply),
+        None => accepted_response(id, &route.channel, stored, true),
+    })
+}
+
+/// The final reply of a request waiting here, if it comes within `wait`.
+async fn final_reply(
+    hub: &ReplyHub,
+    id: RequestId,
+    mut events: broadcast::Receiver<Arc<ReplyEvent>>,
+    wait: Duration,
+) -> Option<Arc<ReplyEvent>> {
+    let waiting = async {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.envelope.kind == EventKind::Final => return Some(event),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return hub.recent(&id),
+            }
+        }
+    };
+    tokio::time::timeout(wait, waiting).await.ok().flatten()
+}
+
+/// The worker's reply as the client's response.
+fn reply_response(event: &ReplyEvent) -> Response {
+    let envelope = &event.envelope;
+    let status = StatusCode::from_u16(envelope.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, event.body.clone()).into_response();
+    let headers = response.headers_mut();
+    for (name, value) in &envelope.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    if let Some(content_type) = envelope
+        .content_type
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        headers.insert(header::CONTENT_TYPE, content_type);
+    }
+    headers.insert(REQUEST_ID_HEADER, id_header(envelope.id));
+    response
+}
+
+/// `GET /v1/requests/{id}`: the reply once there, 202 while pending, 404
+/// for ids nobody knows (or whose reply is gone with retention).
+async fn request_status(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let id: RequestId = id
+        .parse()
+        .map_err(|_| Problem::BadRequest(format!("{id:?} is not a request id")))?;
+    let Some(hub) = &state.replies else {
+        return Err(Problem::UnknownRequest(id.to_string()));
+    };
+    if sse::wants_event_stream(&headers) {
+        return stream_events(&state, hub, id, &headers).await;
+    }
+    match hub.find(id).await {
+        Ok(Lookup::Replied(event)) => Ok(reply_response(&event)),
+        Ok(Lookup::Pending) => {
+            let mut response = (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "id": id.to_string(), "status": "pending" })),
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER, id_header(id));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok(response)
+        }
+        Ok(Lookup::Unknown) => Err(Problem::NotFound(format!(
+            "request {id} (unknown or expired)"
+        ))),
+        Err(error) => Err(Problem::Unavailable {
+            reason: error.to_string(),
+            retry_after: state.retry_after,
+        }),
+    }
+}
+
+/// The remaining events of `id` as a stream, after `Last-Event-ID` when
+/// the client resumes.
+async fn stream_events(
+    state: &AppState,
+    hub: &ReplyHub,
+    id: RequestId,
+    headers: &HeaderMap,
+) -> Result<Response, Problem> {
+    let after = sse::last_event_id(headers)
+        .map(|last| {
+            last.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|offset| (0..i64::MAX).contains(offset))
+                .ok_or_else(|| {
+                    Problem::BadRequest(format!(
+                        "Last-Event-ID {last:?} is not an event id of this request"
+                    ))
+                })
+        })
+        .transpose()?;
+    if after.is_none() && matches!(hub.find(id).await, Ok(Lookup::Unknown)) {
+        return Err(Problem::UnknownRequest(id.to_string()));
+    }
+    let open = state.streams.open(StreamKind::Request, state.retry_after)?;
+    let events = hub.follow(id, after, state.streams.request_stream_limit);
+    Ok(sse::followed_request_stream(&state.streams, open, events))
+}
