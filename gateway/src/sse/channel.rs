@@ -6,9 +6,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 
-use super::frames::{
-    RecordFormat, frame, record_frame, retry_frame, shared_record_frame, shutdown_frame,
-};
+use super::frames::{RecordFormat, frame, record_frame, shared_record_frame, shutdown_frame};
 use super::{OpenStream, StreamContext, StreamKind};
 use crate::subscriptions::{ChannelEvent, LiveSubscription, Positions, SubscriptionError};
 
@@ -25,12 +23,17 @@ pub struct ChannelStream {
 }
 
 pub fn channel_stream(context: &StreamContext, subscription: ChannelStream) -> Response {
+    let ChannelStream {
+        open,
+        mut live,
+        catch_up,
+        start,
+        key,
+        format,
+    } = subscription;
     let context_ = context.clone();
     let stream = async_stream::stream! {
-        let ChannelStream { open, mut live, catch_up, start, key, format } = subscription;
-        let _open = open;
         let context = context_;
-        yield retry_frame(context.retry);
         let mut cursor = start.unwrap_or_else(|| live.snapshot.clone());
         // The subscription is live from here: say so, and where it starts.
         let start = cursor.to_string();
@@ -106,5 +109,5 @@ pub fn channel_stream(context: &StreamContext, subscription: ChannelStream) -> R
             }
         }
     };
-    context.respond(stream)
+    context.respond(open, stream)
 }

@@ -38,6 +38,7 @@ pub use request::{followed_request_stream, own_request_stream};
 use crate::config::SseConfig;
 use crate::metrics::{Metrics, StreamLabels};
 use crate::problem::Problem;
+use frames::retry_frame;
 
 /// Settings and shared state every event stream uses.
 #[derive(Clone)]
@@ -130,11 +131,19 @@ impl StreamContext {
         }
     }
 
-    /// An event-stream response: `stream`'s frames with keep-alive
-    /// comments whenever it is idle for the keep-alive interval.
-    fn respond(&self, stream: impl Stream<Item = Bytes> + Send + 'static) -> Response {
+    /// An event-stream response: the `retry:` hint, then `stream`'s frames
+    /// with keep-alive comments whenever it is idle for the keep-alive
+    /// interval. `open` (the connection permit) lives as long as the body.
+    fn respond(
+        &self,
+        open: OpenStream,
+        stream: impl Stream<Item = Bytes> + Send + 'static,
+    ) -> Response {
         let interval = self.keep_alive;
+        let retry = retry_frame(self.retry);
         let body = async_stream::stream! {
+            let _open = open;
+            yield Ok::<_, Infallible>(retry);
             let mut stream = std::pin::pin!(stream);
             let idle = tokio::time::sleep(interval);
             tokio::pin!(idle);
@@ -143,7 +152,7 @@ impl StreamContext {
                     frame = stream.next() => match frame {
                         Some(frame) => {
                             idle.as_mut().reset(tokio::time::Instant::now() + interval);
-                            yield Ok::<_, Infallible>(frame);
+                            yield Ok(frame);
                         }
                         None => return,
                     },

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use osmosis_protocol::EventKind;
 use tokio::sync::broadcast;
 
-use super::frames::{reply_frame, retry_frame, shutdown_frame};
+use super::frames::{reply_frame, shutdown_frame};
 use super::{OpenStream, StreamContext, StreamKind};
 use crate::replies::{FollowReceiver, ReplyEvent};
 
@@ -25,9 +25,7 @@ pub fn own_request_stream(
 ) -> Response {
     let context_ = context.clone();
     let stream = async_stream::stream! {
-        let _open = open;
         let context = context_;
-        yield retry_frame(context.retry);
         yield accepted;
         context.sent(StreamKind::Request);
         let limit = tokio::time::sleep(context.request_stream_limit);
@@ -64,7 +62,7 @@ pub fn own_request_stream(
             }
         }
     };
-    context.respond(stream)
+    context.respond(open, stream)
 }
 
 /// The events of any request, followed on its reply partition by this or
@@ -76,9 +74,7 @@ pub fn followed_request_stream(
 ) -> Response {
     let context_ = context.clone();
     let stream = async_stream::stream! {
-        let _open = open;
         let context = context_;
-        yield retry_frame(context.retry);
         loop {
             let Some(received) = context.unless_shutdown(events.recv()).await else {
                 yield shutdown_frame(None);
@@ -100,5 +96,5 @@ pub fn followed_request_stream(
             }
         }
     };
-    context.respond(stream)
+    context.respond(open, stream)
 }
