@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use osmosis_protocol::{RequestEnvelope, RequestId};
+use osmosis_protocol::{EventKind, ReplyEnvelope, RequestEnvelope, RequestId};
 
 use crate::replies::ReplySender;
 
@@ -90,6 +90,23 @@ impl Reply {
         }
     }
 
+    /// A problem+json body for error replies, like the gateway's own errors.
+    pub(crate) fn problem(status: u16, detail: &str) -> Self {
+        let title = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": title,
+            "status": status,
+            "detail": detail,
+        });
+        Self::ok(body.to_string())
+            .with_status(status)
+            .with_content_type("application/problem+json")
+    }
+
     pub fn with_status(mut self, status: u16) -> Self {
         self.status = status;
         self
@@ -104,6 +121,18 @@ impl Reply {
         self.headers
             .push((name.into().to_ascii_lowercase(), value.into()));
         self
+    }
+
+    /// This reply's metadata as request `id`'s `final` event; the body goes
+    /// as the record's value.
+    pub(crate) fn final_envelope(&self, id: RequestId) -> ReplyEnvelope {
+        ReplyEnvelope {
+            id,
+            kind: EventKind::Final,
+            status: self.status,
+            content_type: self.content_type.clone(),
+            headers: self.headers.clone(),
+        }
     }
 }
 

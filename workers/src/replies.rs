@@ -10,8 +10,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use crate::handler::Reply;
-
 /// Produces a request's reply-side records.
 pub(crate) struct ReplySender {
     pub(crate) producer: FutureProducer,
@@ -36,21 +34,14 @@ impl ReplySender {
     }
 }
 
-/// Sends a `final` reply.
+/// Sends a `final` reply: its metadata as headers, its body as the value.
 pub(crate) async fn send_final(
     producer: &FutureProducer,
     address: &ReplyAddress,
-    id: RequestId,
-    reply: &Reply,
+    envelope: &ReplyEnvelope,
+    body: &[u8],
 ) -> Result<(), KafkaError> {
-    let envelope = ReplyEnvelope {
-        id,
-        kind: EventKind::Final,
-        status: reply.status,
-        content_type: reply.content_type.clone(),
-        headers: reply.headers.clone(),
-    };
-    send_reply(producer, address, &envelope, &reply.body).await
+    send_reply(producer, address, envelope, body).await
 }
 
 async fn send_reply(
@@ -70,23 +61,6 @@ async fn send_reply(
         .await
         .map(drop)
         .map_err(|(error, _)| error)
-}
-
-/// A problem+json body for error replies, like the gateway's own errors.
-pub(crate) fn problem_reply(status: u16, detail: &str) -> Reply {
-    let title = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    });
-    Reply::ok(body.to_string())
-        .with_status(status)
-        .with_content_type("application/problem+json")
 }
 
 /// Where a dead letter came from and why.

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
-use crate::handler::{Handler, HandlerError, Request};
+use crate::handler::{Handler, HandlerError, Reply, Request};
 use crate::metrics::{Metrics, Outcome, PartitionLabels};
 use crate::replies::{self, DeadLetter, ReplySender};
 
@@ -390,9 +390,10 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> Outc
     {
         tracing::info!(request_id = %envelope.id, "deadline passed: not processed");
         if let Some(address) = &reply_to {
-            let reply =
-                replies::problem_reply(504, "the deadline passed before a worker took the request");
-            deliver(|| replies::send_final(&shared.producer, address, envelope.id, &reply)).await;
+            let reply = Reply::problem(504, "the deadline passed before a worker took the request");
+            let envelope = reply.final_envelope(envelope.id);
+            deliver(|| replies::send_final(&shared.producer, address, &envelope, &reply.body))
+                .await;
         }
         return Outcome::expired;
     }
@@ -428,7 +429,11 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> Outc
         match result {
             Ok(reply) => {
                 if let Some(address) = &reply_to {
-                    deliver(|| replies::send_final(&shared.producer, address, id, &reply)).await;
+                    let envelope = reply.final_envelope(id);
+                    deliver(|| {
+                        replies::send_final(&shared.producer, address, &envelope, &reply.body)
+                    })
+                    .await;
                 }
                 return Outcome::replied;
             }
@@ -446,8 +451,12 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> Outc
                         "the worker failed after {attempt} attempt(s): {}",
                         error.message
                     );
-                    let reply = replies::problem_reply(error.status, &detail);
-                    deliver(|| replies::send_final(&shared.producer, address, id, &reply)).await;
+                    let reply = Reply::problem(error.status, &detail);
+                    let envelope = reply.final_envelope(id);
+                    deliver(|| {
+                        replies::send_final(&shared.producer, address, &envelope, &reply.body)
+                    })
+                    .await;
                 }
                 return Outcome::dead_lettered;
             }
