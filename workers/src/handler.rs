@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use osmosis_protocol::{EventKind, ReplyEnvelope, RequestEnvelope, RequestId};
+use osmosis_protocol::{EventKind, ReplyAddress, ReplyEnvelope, RequestEnvelope, RequestId};
 
-use crate::replies::ReplySender;
+use crate::replier::Replier;
 
 /// One request taken from the channel.
 #[derive(Clone)]
@@ -22,8 +22,15 @@ pub struct Request {
     /// Partition and offset the request was read from.
     pub partition: i32,
     pub offset: i64,
-    /// Sends progress events to the client while the handler runs.
-    pub(crate) progress: Option<Arc<ReplySender>>,
+    /// Where progress events go while the handler runs; `None` when the
+    /// request expects no reply.
+    pub(crate) progress: Option<Arc<ReplyTo>>,
+}
+
+/// A request's reply address with the replier that writes to it.
+pub(crate) struct ReplyTo {
+    pub(crate) replier: Replier,
+    pub(crate) address: ReplyAddress,
 }
 
 impl Request {
@@ -60,8 +67,9 @@ impl Request {
         content_type: Option<&str>,
     ) -> Result<(), HandlerError> {
         match &self.progress {
-            Some(sender) => sender
-                .progress(self.id(), body.into(), content_type)
+            Some(to) => to
+                .replier
+                .progress(&to.address, self.id(), &body.into(), content_type)
                 .await
                 .map_err(|error| HandlerError::retryable(format!("sending progress: {error}"))),
             None => Ok(()),

@@ -47,14 +47,14 @@
 //! - [`handler`]: the types a handler sees and returns.
 //! - [`config`]: the runtime's settings as flags and environment variables.
 //! - `runtime`: consuming, dispatching per partition, retries, draining.
-//! - `replies`: producing replies, progress events and dead letters.
+//! - `replier`: the producer of replies, progress events and dead letters.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` server.
 
 pub mod config;
 pub mod handler;
 pub mod metrics;
 
-mod replies;
+mod replier;
 mod runtime;
 
 pub use config::WorkerConfig;

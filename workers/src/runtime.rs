@@ -30,9 +30,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
-use crate::handler::{Handler, HandlerError, Reply, Request};
+use crate::handler::{Handler, HandlerError, Reply, ReplyTo, Request};
 use crate::metrics::{Metrics, Outcome, PartitionLabels};
-use crate::replies::{self, DeadLetter, ReplySender};
+use crate::replier::{DeadLetter, Replier};
 
 /// Why the worker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +121,7 @@ struct Shared<H> {
     handler: H,
     config: WorkerConfig,
     consumer: StreamConsumer<WorkerContext>,
-    producer: FutureProducer,
+    replier: Replier,
     metrics: Arc<Metrics>,
     /// Bounds handlers running at once across partitions.
     permits: Semaphore,
@@ -205,7 +205,7 @@ pub async fn run<H: Handler>(
         permits: Semaphore::new(config.max_in_flight.max(1)),
         config,
         consumer,
-        producer,
+        replier: Replier::new(producer),
         metrics,
         stopping: CancellationToken::new(),
     });
@@ -375,7 +375,7 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> Outc
             dead_letter(
                 shared,
                 message,
-                pairs,
+                &pairs,
                 &format!("malformed request: {error}"),
                 0,
             )
@@ -391,8 +391,9 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> Outc
         tracing::info!(request_id = %envelope.id, "deadline passed: not processed");
         if let Some(address) = &reply_to {
             let reply = Reply::problem(504, "the deadline passed before a worker took the request");
-            let envelope = reply.final_envelope(envelope.id);
-            deliver(|| replies::send_final(&shared.producer, address, &envelope, &reply.body))
+            shared
+                .replier
+                .final_reply(address, &reply.final_envelope(envelope.id), &reply.body)
                 .await;
         }
         return Outcome::expired;
@@ -404,8 +405,8 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> Outc
         partition: message.partition(),
         offset: message.offset(),
         progress: reply_to.clone().map(|address| {
-            Arc::new(ReplySender {
-                producer: shared.producer.clone(),
+            Arc::new(ReplyTo {
+                replier: shared.replier.clone(),
                 address,
             })
         }),
@@ -429,11 +430,10 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> Outc
         match result {
             Ok(reply) => {
                 if let Some(address) = &reply_to {
-                    let envelope = reply.final_envelope(id);
-                    deliver(|| {
-                        replies::send_final(&shared.producer, address, &envelope, &reply.body)
-                    })
-                    .await;
+                    shared
+                        .replier
+                        .final_reply(address, &reply.final_envelope(id), &reply.body)
+                        .await;
                 }
                 return Outcome::replied;
             }
@@ -445,18 +445,17 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> Outc
             }
             Err(error) => {
                 tracing::warn!(request_id = %id, attempts = attempt, %error, "handler failed; dead-lettering");
-                dead_letter(shared, message, pairs, &error.message, attempt).await;
+                dead_letter(shared, message, &pairs, &error.message, attempt).await;
                 if let Some(address) = &reply_to {
                     let detail = format!(
                         "the worker failed after {attempt} attempt(s): {}",
                         error.message
                     );
                     let reply = Reply::problem(error.status, &detail);
-                    let envelope = reply.final_envelope(id);
-                    deliver(|| {
-                        replies::send_final(&shared.producer, address, &envelope, &reply.body)
-                    })
-                    .await;
+                    shared
+                        .replier
+                        .final_reply(address, &reply.final_envelope(id), &reply.body)
+                        .await;
                 }
                 return Outcome::dead_lettered;
             }
@@ -467,47 +466,23 @@ async fn process<H: Handler>(shared: &Shared<H>, message: &OwnedMessage) -> Outc
 async fn dead_letter<H: Handler>(
     shared: &Shared<H>,
     message: &OwnedMessage,
-    original_headers: Vec<(String, Vec<u8>)>,
+    original_headers: &[(String, Vec<u8>)],
     error: &str,
     attempts: u32,
 ) {
-    deliver(|| {
-        replies::send_dead_letter(
-            &shared.producer,
-            DeadLetter {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key(),
-                value: message.payload().unwrap_or_default(),
-                original_headers: original_headers.clone(),
-                error,
-                attempts,
-            },
-        )
-    })
-    .await;
-}
-
-/// Retries a produce until Kafka acknowledges it: the message's offset must
-/// not be committed before, and giving up would lose the reply. Shutdown
-/// bounds the wait through the drain timeout.
-async fn deliver<F, Fut>(send: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<(), KafkaError>>,
-{
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match send().await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, ?delay, "produce not acknowledged; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    shared
+        .replier
+        .dead_letter(&DeadLetter {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            value: message.payload().unwrap_or_default(),
+            original_headers,
+            error,
+            attempts,
+        })
+        .await;
 }
 
 fn unix_ms_now() -> u64 {
