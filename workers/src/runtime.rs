@@ -41,8 +41,11 @@ pub enum Error {
     Kafka(#[from] KafkaError),
     #[error("channel topic {0:?} does not exist")]
     NoChannel(String),
-    #[error("cannot create the dead-letter topic {topic:?}: {reason}")]
-    DeadLetterTopic { topic: String, reason: String },
+    #[error("cannot create the dead-letter topic {topic:?}: {code}")]
+    DeadLetterTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -307,10 +310,7 @@ async fn ensure_dead_letter_topic(
             Ok(_) => tracing::info!(topic = %dlq, "created the dead-letter topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(Error::DeadLetterTopic {
-                    topic,
-                    reason: code.to_string(),
-                });
+                return Err(Error::DeadLetterTopic { topic, code });
             }
         }
     }
