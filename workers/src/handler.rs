@@ -1,4 +1,8 @@
-//! What a user writes: a [`Handler`] from [`Request`] to [`Reply`].
+//! What a user writes: a [`Handler`] from [`Request`] to [`Reply`], and
+//! the runtime's own error replies (problem+json, like the gateway's).
+//!
+//! A request sends its progress events through the `replier`; that is this
+//! module's only way to Kafka. It does not run handlers nor retry them.
 
 use std::future::Future;
 use std::sync::Arc;
