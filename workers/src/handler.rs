@@ -200,3 +200,46 @@ where
         self(request)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_reply_is_problem_json_titled_by_its_status() {
+        let reply = Reply::problem(504, "too late");
+        assert_eq!(reply.status, 504);
+        assert_eq!(
+            reply.content_type.as_deref(),
+            Some("application/problem+json")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "type": "about:blank",
+                "title": "Gateway Timeout",
+                "status": 504,
+                "detail": "too late",
+            })
+        );
+    }
+
+    #[test]
+    fn the_final_envelope_carries_the_replys_metadata() {
+        let id = RequestId::new(Some(3));
+        let reply = Reply::ok("hi")
+            .with_status(201)
+            .with_content_type("text/plain")
+            .with_header("X-Trace", "t");
+        let envelope = reply.final_envelope(id);
+        assert_eq!(envelope.id, id);
+        assert_eq!(envelope.kind, EventKind::Final);
+        assert_eq!(envelope.status, 201);
+        assert_eq!(envelope.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(
+            envelope.headers,
+            vec![("x-trace".to_owned(), b"t".to_vec())]
+        );
+    }
+}
