@@ -58,11 +58,17 @@ pub struct WorkerConfig {
     pub producer_properties: Vec<(String, String)>,
 }
 
-fn parse_property(text: &str) -> Result<(String, String), String> {
+/// A `--*-property` value without a name and an `=`; clap shows it with
+/// the flag's name.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not name=value")]
+struct NotNameValue(String);
+
+fn parse_property(text: &str) -> Result<(String, String), NotNameValue> {
     text.split_once('=')
         .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
         .filter(|(name, _)| !name.is_empty())
-        .ok_or_else(|| format!("{text:?} is not name=value"))
+        .ok_or_else(|| NotNameValue(text.to_owned()))
 }
 
 impl WorkerConfig {
@@ -126,6 +132,10 @@ mod tests {
             parse_property("session.timeout.ms = 6000").unwrap(),
             ("session.timeout.ms".into(), "6000".into())
         );
-        assert!(parse_property("nonsense").is_err());
+        assert_eq!(
+            parse_property("nonsense").unwrap_err().to_string(),
+            r#""nonsense" is not name=value"#
+        );
+        assert!(parse_property("=6000").is_err());
     }
 }

@@ -1,13 +1,17 @@
-//! What a user writes: a [`Handler`] from [`Request`] to [`Reply`].
+//! What a user writes: a [`Handler`] from [`Request`] to [`Reply`], and
+//! the runtime's own error replies (problem+json, like the gateway's).
+//!
+//! A request sends its progress events through the `replier`; that is this
+//! module's only way to Kafka. It does not run handlers nor retry them.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use osmosis_protocol::{RequestEnvelope, RequestId};
+use osmosis_protocol::{EventKind, ReplyAddress, ReplyEnvelope, RequestEnvelope, RequestId};
 
-use crate::replies::ReplySender;
+use crate::replier::Replier;
 
 /// One request taken from the channel.
 #[derive(Clone)]
@@ -22,8 +26,15 @@ pub struct Request {
     /// Partition and offset the request was read from.
     pub partition: i32,
     pub offset: i64,
-    /// Sends progress events to the client while the handler runs.
-    pub(crate) progress: Option<Arc<ReplySender>>,
+    /// Where progress events go while the handler runs; `None` when the
+    /// request expects no reply.
+    pub(crate) progress: Option<Arc<ReplyTo>>,
+}
+
+/// A request's reply address with the replier that writes to it.
+pub(crate) struct ReplyTo {
+    pub(crate) replier: Replier,
+    pub(crate) address: ReplyAddress,
 }
 
 impl Request {
@@ -60,8 +71,9 @@ impl Request {
         content_type: Option<&str>,
     ) -> Result<(), HandlerError> {
         match &self.progress {
-            Some(sender) => sender
-                .progress(self.id(), body.into(), content_type)
+            Some(to) => to
+                .replier
+                .progress(&to.address, self.id(), &body.into(), content_type)
                 .await
                 .map_err(|error| HandlerError::retryable(format!("sending progress: {error}"))),
             None => Ok(()),
@@ -90,6 +102,23 @@ impl Reply {
         }
     }
 
+    /// A problem+json body for error replies, like the gateway's own errors.
+    pub(crate) fn problem(status: u16, detail: &str) -> Self {
+        let title = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": title,
+            "status": status,
+            "detail": detail,
+        });
+        Self::ok(body.to_string())
+            .with_status(status)
+            .with_content_type("application/problem+json")
+    }
+
     pub fn with_status(mut self, status: u16) -> Self {
         self.status = status;
         self
@@ -104,6 +133,18 @@ impl Reply {
         self.headers
             .push((name.into().to_ascii_lowercase(), value.into()));
         self
+    }
+
+    /// This reply's metadata as request `id`'s `final` event; the body goes
+    /// as the record's value.
+    pub(crate) fn final_envelope(&self, id: RequestId) -> ReplyEnvelope {
+        ReplyEnvelope {
+            id,
+            kind: EventKind::Final,
+            status: self.status,
+            content_type: self.content_type.clone(),
+            headers: self.headers.clone(),
+        }
     }
 }
 
@@ -157,5 +198,48 @@ where
 {
     fn handle(&self, request: Request) -> impl Future<Output = Result<Reply, HandlerError>> + Send {
         self(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_reply_is_problem_json_titled_by_its_status() {
+        let reply = Reply::problem(504, "too late");
+        assert_eq!(reply.status, 504);
+        assert_eq!(
+            reply.content_type.as_deref(),
+            Some("application/problem+json")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "type": "about:blank",
+                "title": "Gateway Timeout",
+                "status": 504,
+                "detail": "too late",
+            })
+        );
+    }
+
+    #[test]
+    fn the_final_envelope_carries_the_replys_metadata() {
+        let id = RequestId::new(Some(3));
+        let reply = Reply::ok("hi")
+            .with_status(201)
+            .with_content_type("text/plain")
+            .with_header("X-Trace", "t");
+        let envelope = reply.final_envelope(id);
+        assert_eq!(envelope.id, id);
+        assert_eq!(envelope.kind, EventKind::Final);
+        assert_eq!(envelope.status, 201);
+        assert_eq!(envelope.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(
+            envelope.headers,
+            vec![("x-trace".to_owned(), b"t".to_vec())]
+        );
     }
 }

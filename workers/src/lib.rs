@@ -44,22 +44,39 @@
 //! ```
 //!
 //! # Layout
+//! From the loop down to the leaves; a module imports only modules listed
+//! below it.
+//! - `runtime`: [`run`]: starts the clients, fetches messages and queues
+//!   each on its partition's task, and drains on shutdown.
+//! - `partitions`: one task per partition, messages in order; stores a
+//!   message's offset once it is processed (the at-least-once invariant).
+//! - `process`: one message: decoding, the deadline, the handler's attempts
+//!   with retries and backoff, then the reply or the dead letter.
 //! - [`handler`]: the types a handler sees and returns.
+//! - `replier`: the producer: final replies and dead letters (retried until
+//!   acknowledged) and progress events.
+//! - `clients`: the Kafka consumer's and producer's settings, the
+//!   consumer's context (rebalance and commit logs, lag metric) and the
+//!   dead-letter topic.
 //! - [`config`]: the runtime's settings as flags and environment variables.
-//! - `runtime`: consuming, dispatching per partition, retries, draining.
-//! - `replies`: producing replies, progress events and dead letters.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` server.
+//! - `error`: [`Error`], why the worker could not start.
 
 pub mod config;
 pub mod handler;
 pub mod metrics;
 
-mod replies;
+mod clients;
+mod error;
+mod partitions;
+mod process;
+mod replier;
 mod runtime;
 
 pub use config::WorkerConfig;
+pub use error::Error;
 pub use handler::{Handler, HandlerError, Reply, Request};
-pub use runtime::{Error, run};
+pub use runtime::run;
 
 /// Logs to stdout as text, or as JSON lines with `json`; `RUST_LOG` filters.
 pub fn init_logging(json: bool) {

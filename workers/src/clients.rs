@@ -1,0 +1,202 @@
+//! The Kafka clients the runtime uses: the consumer's and the producer's
+//! settings (the user's properties, the runtime's defaults, and what
+//! at-least-once rests on), the consumer's context (rebalance and commit
+//! logs, the lag metric) and the dead-letter topic's creation.
+//!
+//! It builds the clients and does not use them: consuming is `runtime`'s and
+//! `partitions`', producing is `replier`'s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::WorkerConfig;
+use crate::error::Error;
+use crate::metrics::{Metrics, PartitionLabels};
+
+/// The clients [`connect`] made.
+pub(crate) struct Clients {
+    /// Subscribed to the channel; stores offsets only when told to, and
+    /// commits the stored ones in the background.
+    pub(crate) consumer: StreamConsumer<WorkerContext>,
+    /// For replies and dead letters: every record acknowledged by all
+    /// in-sync replicas, without duplicates from its own retries.
+    pub(crate) producer: FutureProducer,
+}
+
+/// Creates the consumer (subscribed to the channel) and the producer, and
+/// the dead-letter topic when it is missing.
+pub(crate) async fn connect(
+    config: &WorkerConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Clients, Error> {
+    let mut common = ClientConfig::new();
+    for (name, value) in &config.kafka_properties {
+        common.set(name, value);
+    }
+    common.set("bootstrap.servers", &config.brokers);
+    // The runtime's settings, unless the user's properties chose otherwise.
+    let with_defaults = |side: &[(String, String)], defaults: &[(&str, &str)]| {
+        let mut client = common.clone();
+        for (name, value) in side {
+            client.set(name, value);
+        }
+        for (name, value) in defaults {
+            if client.get(name).is_none() {
+                client.set(*name, *value);
+            }
+        }
+        client
+    };
+    let mut consumer_config = with_defaults(
+        &config.consumer_properties,
+        &[
+            ("auto.commit.interval.ms", "1000"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "10000"),
+            ("statistics.interval.ms", "5000"),
+        ],
+    );
+    // What at-least-once rests on is not negotiable.
+    consumer_config
+        .set("group.id", config.group())
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false");
+    let mut producer_config = with_defaults(
+        &config.producer_properties,
+        &[("linger.ms", "1"), ("message.timeout.ms", "30000")],
+    );
+    producer_config
+        .set("acks", "all")
+        .set("enable.idempotence", "true");
+    let consumer: StreamConsumer<WorkerContext> =
+        consumer_config.create_with_context(WorkerContext {
+            metrics: metrics.clone(),
+        })?;
+    consumer.subscribe(&[&config.channel])?;
+    let producer: FutureProducer = producer_config.create()?;
+    ensure_dead_letter_topic(&common, &config.channel).await?;
+    Ok(Clients { consumer, producer })
+}
+
+/// Creates `<channel>.dlq` like the channel (partitions, replication) when
+/// it is missing, so that a failing request always has somewhere to go.
+async fn ensure_dead_letter_topic(
+    client_config: &ClientConfig,
+    channel: &str,
+) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> = client_config.create()?;
+    let dlq = format!("{channel}.dlq");
+    let timeout = Duration::from_secs(10);
+    let metadata = admin.inner().fetch_metadata(None, timeout)?;
+    let find = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| {
+                let replicas = t.partitions().first().map_or(1, |p| p.replicas().len());
+                (t.partitions().len() as i32, replicas as i32)
+            })
+    };
+    let (partitions, replicas) =
+        find(channel).ok_or_else(|| Error::NoChannel(channel.to_owned()))?;
+    if find(&dlq).is_some() {
+        return Ok(());
+    }
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(
+                &dlq,
+                partitions,
+                TopicReplication::Fixed(replicas),
+            )],
+            &AdminOptions::new().operation_timeout(Some(timeout)),
+        )
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) => tracing::info!(topic = %dlq, "created the dead-letter topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::DeadLetterTopic { topic, code });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Logs rebalances and commits, and turns librdkafka statistics into the
+/// per-partition lag metric.
+pub(crate) struct WorkerContext {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for WorkerContext {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for partition in topic.partitions.values() {
+                if partition.partition >= 0 && partition.consumer_lag >= 0 {
+                    self.metrics
+                        .partition_lag
+                        .get_or_create(&PartitionLabels {
+                            partition: i64::from(partition.partition),
+                        })
+                        .set(partition.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for WorkerContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions assigned")
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "partitions revoked")
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::debug!(offsets = %describe(offsets), "offsets committed"),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(%error, "offset commit failed"),
+        }
+    }
+}
+
+fn describe(partitions: &TopicPartitionList) -> String {
+    partitions
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            rdkafka::Offset::Offset(offset) => format!("{}/{}@{offset}", e.topic(), e.partition()),
+            _ => format!("{}/{}", e.topic(), e.partition()),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
