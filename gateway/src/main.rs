@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use osmosis_gateway::config::Config;
 use osmosis_gateway::{RunOptions, run};
-use osmosis_support::{LogFormat, init_logging, shutdown_signal};
+use osmosis_support::{LogArgs, shutdown_signal};
 
 /// HTTP → Kafka gateway: every request becomes a record in its channel topic.
 #[derive(Parser, Debug)]
@@ -19,9 +19,8 @@ struct Args {
     /// instead of refusing to start.
     #[arg(long)]
     create_topics: bool,
-    /// Log format.
-    #[arg(long, env = "OSMOSIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 const ENV_HELP: &str = "\
@@ -39,7 +38,7 @@ Log verbosity: RUST_LOG (default info).";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_format);
+    args.log.init();
     let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

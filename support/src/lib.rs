@@ -18,4 +18,4 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use shutdown::shutdown_signal;
-pub use telemetry::{LogFormat, init_logging};
+pub use telemetry::{LogArgs, LogFormat, init_logging};

@@ -12,6 +12,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `--log-format` flag (or `OSMOSIS_LOG_FORMAT`) every binary takes:
+/// flatten it into the binary's arguments and call [`LogArgs::init`].
+#[derive(Clone, Copy, Debug, Default, clap::Args)]
+pub struct LogArgs {
+    /// Log format: human-readable text, or JSON lines for log collectors.
+    #[arg(long, env = "OSMOSIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Starts logging in the chosen format.
+    pub fn init(&self) {
+        init_logging(self.log_format);
+    }
+}
+
 /// Logs to stdout in `format`; `RUST_LOG` filters (default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

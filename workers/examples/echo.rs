@@ -8,15 +8,14 @@ use osmosis_worker::{Reply, Request, WorkerConfig};
 struct Args {
     #[command(flatten)]
     worker: WorkerConfig,
-    /// Log JSON lines instead of text.
-    #[arg(long, env = "OSMOSIS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    #[command(flatten)]
+    log: osmosis_worker::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    osmosis_worker::init_logging(args.log_format == "json");
+    args.log.init();
     let echo = |request: Request| async move {
         let mut reply = Reply::ok(request.body.clone());
         if let Some(content_type) = request.content_type() {

@@ -20,15 +20,14 @@ struct Args {
     /// Fail every message (to exercise retries and the dead-letter topic).
     #[arg(long, env = "OSMOSIS_SLOW_FAIL")]
     fail: bool,
-    /// Log JSON lines instead of text.
-    #[arg(long, env = "OSMOSIS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    #[command(flatten)]
+    log: osmosis_worker::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    osmosis_worker::init_logging(args.log_format == "json");
+    args.log.init();
     let work = Duration::from_millis(args.work_ms);
     let steps = args.progress_steps;
     let fail = args.fail;

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use osmosis_support::kafka::{ClientSettings, LoggingContext};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -39,53 +40,40 @@ pub(crate) async fn connect(
     config: &WorkerConfig,
     metrics: &Arc<Metrics>,
 ) -> Result<Clients, Error> {
-    let mut common = ClientConfig::new();
-    for (name, value) in &config.kafka_properties {
-        common.set(name, value);
-    }
-    common.set("bootstrap.servers", &config.brokers);
-    // The runtime's settings, unless the user's properties chose otherwise.
-    let with_defaults = |side: &[(String, String)], defaults: &[(&str, &str)]| {
-        let mut client = common.clone();
-        for (name, value) in side {
-            client.set(name, value);
-        }
-        for (name, value) in defaults {
-            if client.get(name).is_none() {
-                client.set(*name, *value);
-            }
-        }
-        client
-    };
-    let mut consumer_config = with_defaults(
-        &config.consumer_properties,
-        &[
+    // Defaults, then the user's shared properties, then the side's own;
+    // what at-least-once rests on is not negotiable.
+    let shared = ClientSettings::new(&config.brokers)
+        .user(config.kafka_properties.iter().map(|(k, v)| (k, v)));
+    let group = config.group();
+    let consumer_config = shared
+        .clone()
+        .defaults(&[
             ("auto.commit.interval.ms", "1000"),
             ("auto.offset.reset", "earliest"),
             ("session.timeout.ms", "10000"),
             ("statistics.interval.ms", "5000"),
-        ],
-    );
-    // What at-least-once rests on is not negotiable.
-    consumer_config
-        .set("group.id", config.group())
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false");
-    let mut producer_config = with_defaults(
-        &config.producer_properties,
-        &[("linger.ms", "1"), ("message.timeout.ms", "30000")],
-    );
-    producer_config
-        .set("acks", "all")
-        .set("enable.idempotence", "true");
+        ])
+        .user(config.consumer_properties.iter().map(|(k, v)| (k, v)))
+        .fixed(&[
+            ("group.id", &group),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+        ])
+        .build();
+    let producer_config = shared
+        .clone()
+        .defaults(&[("linger.ms", "1"), ("message.timeout.ms", "30000")])
+        .user(config.producer_properties.iter().map(|(k, v)| (k, v)))
+        .fixed(&[("acks", "all"), ("enable.idempotence", "true")])
+        .build();
     let consumer: StreamConsumer<WorkerContext> =
         consumer_config.create_with_context(WorkerContext {
             metrics: metrics.clone(),
         })?;
     consumer.subscribe(&[&config.channel])?;
     let producer: FutureProducer = producer_config.create()?;
-    ensure_dead_letter_topic(&common, &config.channel).await?;
+    ensure_dead_letter_topic(&shared.build(), &config.channel).await?;
     Ok(Clients { consumer, producer })
 }
 
@@ -159,7 +147,7 @@ impl ClientContext for WorkerContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "kafka client error");
+        LoggingContext.error(error, reason);
     }
 }
 

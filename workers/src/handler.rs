@@ -51,7 +51,7 @@ impl Request {
     pub fn deadline(&self) -> Option<SystemTime> {
         self.envelope
             .deadline_ms
-            .map(|ms| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+            .map(osmosis_protocol::clock::from_unix_ms)
     }
 
     /// A forwarded client header (lower-case name), as text.

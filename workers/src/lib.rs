@@ -32,7 +32,7 @@
 //! #[tokio::main]
 //! async fn main() -> anyhow::Result<()> {
 //!     let args = Args::parse();
-//!     osmosis_worker::init_logging(false);
+//!     osmosis_worker::init_logging(osmosis_worker::LogFormat::Text);
 //!     let shout = |request: Request| async move {
 //!         let text = std::str::from_utf8(&request.body)
 //!             .map_err(|_| HandlerError::permanent("not UTF-8").with_status(400))?;
@@ -78,24 +78,6 @@ pub use error::Error;
 pub use handler::{Handler, HandlerError, Reply, Request};
 pub use runtime::run;
 
-/// Logs to stdout as text, or as JSON lines with `json`; `RUST_LOG` filters.
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT: the runtime's usual shutdown future.
-pub async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate.recv() => {},
-    }
-}
+/// Logging and the shutdown signal, as every Osmosis binary sets them up:
+/// a worker binary needs no other crate for them.
+pub use osmosis_support::{LogArgs, LogFormat, init_logging, shutdown_signal};

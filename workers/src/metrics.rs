@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use osmosis_support::metrics::RegisterMetric;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -53,46 +54,34 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("osmosis_worker");
-        let messages = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "messages",
-            "Messages finished, by outcome (replied, dead_lettered, expired, malformed)",
-            messages.clone(),
-        );
-        let handler_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register(
-            "handler_duration_seconds",
-            "Time one handler attempt took",
-            handler_duration.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register("in_flight", "Messages being processed", in_flight.clone());
-        let retries = Counter::default();
-        registry.register(
-            "retries",
-            "Handler attempts retried after an error",
-            retries.clone(),
-        );
-        let redeliveries = Counter::default();
-        registry.register(
-            "redeliveries",
-            "Messages seen again by this process (a rebalance or a failed commit)",
-            redeliveries.clone(),
-        );
-        let partition_lag = Family::<PartitionLabels, Gauge>::default();
-        registry.register(
-            "partition_lag",
-            "Messages behind the end of each assigned partition, as the consumer sees it",
-            partition_lag.clone(),
-        );
         Self {
+            messages: registry.add(
+                "messages",
+                "Messages finished, by outcome (replied, dead_lettered, expired, malformed)",
+                Family::default(),
+            ),
+            handler_duration: registry.add(
+                "handler_duration_seconds",
+                "Time one handler attempt took",
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            in_flight: registry.add("in_flight", "Messages being processed", Gauge::default()),
+            retries: registry.add(
+                "retries",
+                "Handler attempts retried after an error",
+                Counter::default(),
+            ),
+            redeliveries: registry.add(
+                "redeliveries",
+                "Messages seen again by this process (a rebalance or a failed commit)",
+                Counter::default(),
+            ),
+            partition_lag: registry.add(
+                "partition_lag",
+                "Messages behind the end of each assigned partition, as the consumer sees it",
+                Family::default(),
+            ),
             registry,
-            messages,
-            handler_duration,
-            in_flight,
-            retries,
-            redeliveries,
-            partition_lag,
         }
     }
 }
@@ -105,10 +94,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        osmosis_support::metrics::render(&self.registry)
     }
 }
 
@@ -135,7 +121,7 @@ async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
         [(
             http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            osmosis_support::metrics::CONTENT_TYPE,
         )],
         metrics.render(),
     )

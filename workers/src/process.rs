@@ -12,10 +12,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use osmosis_protocol::clock::unix_ms;
+use osmosis_support::kafka::header_pairs;
+
 use bytes::Bytes;
 use futures::FutureExt;
 use osmosis_protocol::{ReplyAddress, RequestEnvelope, RequestId};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 
 use crate::config::WorkerConfig;
 use crate::handler::{Handler, HandlerError, Reply, ReplyTo, Request};
@@ -58,7 +61,7 @@ impl<H: Handler> Processor<H> {
     /// Processes `message` to the end: when this returns, its reply and its
     /// dead letter, if it has them, were acknowledged by Kafka.
     pub(crate) async fn process(&self, message: &OwnedMessage) -> Outcome {
-        let pairs = header_pairs(message);
+        let pairs = owned_headers(message);
         let decoded = RequestEnvelope::from_headers(
             pairs.iter().map(|(n, v)| (n.as_str(), Some(v.as_slice()))),
         );
@@ -75,7 +78,7 @@ impl<H: Handler> Processor<H> {
         let id = envelope.id;
         if envelope
             .deadline_ms
-            .is_some_and(|deadline| unix_ms_now() > deadline)
+            .is_some_and(|deadline| unix_ms(SystemTime::now()) > deadline)
         {
             tracing::info!(request_id = %id, "deadline passed: not processed");
             let detail = "the deadline passed before a worker took the request";
@@ -194,21 +197,15 @@ impl<H: Handler> Processor<H> {
     }
 }
 
-fn header_pairs(message: &OwnedMessage) -> Vec<(String, Vec<u8>)> {
+/// The record's headers, owned: a dead letter carries them on.
+fn owned_headers(message: &OwnedMessage) -> Vec<(String, Vec<u8>)> {
     message
         .headers()
         .map(|headers| {
-            headers
-                .iter()
-                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+            header_pairs(headers)
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.unwrap_or_default().to_vec()))
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }

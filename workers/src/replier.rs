@@ -14,8 +14,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use osmosis_protocol::{EventKind, ReplyAddress, ReplyEnvelope, RequestId, headers};
+use osmosis_support::kafka::to_record_headers;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
@@ -90,7 +90,7 @@ impl Replier {
             .partition(address.partition)
             .key(key.as_bytes())
             .payload(body)
-            .headers(to_owned_headers(envelope.to_headers()));
+            .headers(to_record_headers(envelope.to_headers()));
         self.producer
             .send(record, Timeout::Never)
             .await
@@ -112,7 +112,7 @@ impl Replier {
         pairs.push((headers::SOURCE, Cow::Borrowed(source.as_bytes())));
         let mut record = FutureRecord::to(&dlq)
             .payload(letter.value)
-            .headers(to_owned_headers(pairs));
+            .headers(to_record_headers(pairs));
         if let Some(key) = letter.key {
             record = record.key(key);
         }
@@ -143,15 +143,4 @@ where
             }
         }
     }
-}
-
-fn to_owned_headers<'a>(pairs: Vec<(&'a str, std::borrow::Cow<'a, [u8]>)>) -> OwnedHeaders {
-    pairs
-        .iter()
-        .fold(OwnedHeaders::new(), |headers, (name, value)| {
-            headers.insert(Header {
-                key: name,
-                value: Some(value.as_ref()),
-            })
-        })
 }

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use osmosis_protocol::{ReplyAddress, ReplyEnvelope, RequestEnvelope, RequestId, headers};
+use osmosis_support::kafka::{header_pairs, to_record_headers};
 use osmosis_worker::{HandlerError, Reply, Request, WorkerConfig};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -44,16 +45,7 @@ async fn send_request(brokers: &str, body: &str) -> RequestId {
         }),
         deadline_ms: None,
     };
-    let headers =
-        envelope
-            .to_headers()
-            .into_iter()
-            .fold(OwnedHeaders::new(), |headers, (key, value)| {
-                headers.insert(Header {
-                    key,
-                    value: Some(value.as_ref()),
-                })
-            });
+    let headers = to_record_headers(envelope.to_headers());
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -88,11 +80,10 @@ fn first_record(brokers: &str, topic: &str) -> OwnedMessage {
 }
 
 fn header<'m>(message: &'m OwnedMessage, name: &str) -> Option<&'m [u8]> {
-    message
-        .headers()?
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
+    header_pairs(message.headers()?)
+        .into_iter()
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| value)
 }
 
 fn committed(brokers: &str) -> Offset {
@@ -139,9 +130,7 @@ async fn a_request_is_answered_then_committed() {
     })
     .await
     .unwrap();
-    let envelope =
-        ReplyEnvelope::from_headers(reply.headers().unwrap().iter().map(|h| (h.key, h.value)))
-            .unwrap();
+    let envelope = ReplyEnvelope::from_headers(header_pairs(reply.headers().unwrap())).unwrap();
     assert_eq!(envelope.id, id);
     assert_eq!(envelope.status, 200);
     assert_eq!(reply.payload(), Some(&b"HELLO"[..]));

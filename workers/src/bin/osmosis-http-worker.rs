@@ -24,9 +24,8 @@ struct Args {
     /// Longest time one upstream call may take.
     #[arg(long, env = "OSMOSIS_HTTP_WORKER_TIMEOUT_MS", default_value_t = 30_000)]
     timeout_ms: u64,
-    /// Log JSON lines instead of text.
-    #[arg(long, env = "OSMOSIS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    #[command(flatten)]
+    log: osmosis_worker::LogArgs,
 }
 
 /// Response headers that describe the hop, not the reply.
@@ -111,7 +110,7 @@ async fn forward(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    osmosis_worker::init_logging(args.log_format == "json");
+    args.log.init();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(args.timeout_ms))
         .build()
