@@ -86,6 +86,17 @@ struct PartitionHistory {
     progress_at: f64,
 }
 
+/// One sample's backlog, summed over its partitions.
+#[derive(Default)]
+struct Backlog {
+    /// Messages not yet processed, stuck partitions excluded.
+    lag: u64,
+    /// Lag of the stuck partitions.
+    stuck_lag: u64,
+    /// Age of the oldest unprocessed message, seconds.
+    oldest_age: f64,
+}
+
 /// Turns successive samples into observations.
 #[derive(Clone, Debug)]
 pub struct Estimator {
@@ -131,9 +142,29 @@ impl Estimator {
 
     /// The observation after `sample`.
     pub fn observe(&mut self, sample: Sample) -> Observation {
-        let mut lag = 0u64;
-        let mut stuck_lag = 0u64;
-        let mut oldest_age = 0.0f64;
+        let backlog = self.track_partitions(&sample);
+        if let Some(previous) = self.previous.take() {
+            self.update_rates(&previous, &sample, backlog.lag);
+        }
+        let observation = Observation {
+            lag: backlog.lag,
+            stuck_lag: backlog.stuck_lag,
+            arrival_rate: self.arrival_rate.unwrap_or(0.0),
+            per_replica_rate: self.per_replica_rate,
+            time_lag_seconds: backlog.oldest_age,
+            partitions: sample.partitions.len() as u32,
+            rebalancing: sample.rebalancing,
+        };
+        self.previous = Some(sample);
+        self.readings.clear();
+        observation
+    }
+
+    /// Records each partition's watermark and progress, and sums the
+    /// backlog: lag, the lag of stuck partitions apart, and the age of the
+    /// oldest unprocessed message.
+    fn track_partitions(&mut self, sample: &Sample) -> Backlog {
+        let mut backlog = Backlog::default();
         for p in &sample.partitions {
             let position = self.position(p);
             let partition_lag = (p.high_watermark - position).max(0) as u64;
@@ -156,94 +187,86 @@ impl Estimator {
             history.last_committed = Some(position);
             let stuck = sample.members > 0 && sample.at - history.progress_at >= stuck_after;
             if stuck {
-                stuck_lag += partition_lag;
+                backlog.stuck_lag += partition_lag;
                 continue;
             }
-            lag += partition_lag;
+            backlog.lag += partition_lag;
             if partition_lag > 0 {
                 let arrived = arrival_time(&history.arrivals, position);
-                oldest_age = oldest_age.max(sample.at - arrived);
+                backlog.oldest_age = backlog.oldest_age.max(sample.at - arrived);
             }
         }
+        backlog
+    }
 
-        if let Some(previous) = &self.previous {
-            let elapsed = sample.at - previous.at;
-            if elapsed > 0.0 {
-                let sum = |s: &Sample, f: &dyn Fn(&PartitionSample) -> i64| -> i64 {
-                    s.partitions.iter().map(f).sum()
-                };
-                let arrived =
-                    sum(&sample, &|p| p.high_watermark) - sum(previous, &|p| p.high_watermark);
-                let processed =
-                    sum(&sample, &|p| self.position(p)) - sum(previous, &|p| self.position(p));
-                let arrival = arrived.max(0) as f64 / elapsed;
-                // A surge's onset hides in the average over the whole
-                // interval; the rate since the watch's last reading shows it.
-                let now: i64 = sample.partitions.iter().map(|p| p.high_watermark).sum();
-                let recent = recent_rate(&self.readings, sample.at, now);
-                let rising = recent.map_or(arrival, |recent| recent.max(arrival));
-                let processing = processed.max(0) as f64 / elapsed;
-                // Fast attack, slow decay: a surge is acted on at the poll
-                // that sees it; a lull must last before it counts.
-                self.arrival_rate = Some(match self.arrival_rate {
-                    Some(known) if rising < known => {
-                        smooth(Some(known), arrival, self.config.smoothing)
-                    }
-                    _ => rising,
-                });
-                self.processing_rate = Some(smooth(
-                    self.processing_rate,
-                    processing,
-                    self.config.smoothing,
-                ));
-                // Capacity shows only while there is more work than workers
-                // do: learn it from busy, stable intervals, remember it
-                // otherwise. While the backlog shrinks, some workers may
-                // already be idle, so such a rate only bounds it from below.
-                let previous_lag: i64 = previous
-                    .partitions
-                    .iter()
-                    .map(|p| p.high_watermark - self.position(p))
-                    .sum();
-                let busy_floor = i64::from(sample.members.max(1))
-                    * self.config.busy_lag_per_member.max(1) as i64;
-                let busy = lag as i64 >= busy_floor
-                    && previous_lag >= busy_floor
-                    && !sample.rebalancing
-                    && !previous.rebalancing;
-                if !busy
-                    && self.per_replica_rate.is_none()
-                    && lag > 0
-                    && sample.members > 0
-                    && processing > 0.0
-                {
-                    // Nothing learnt yet: what the members do now is at
-                    // least what they can, a start for the gradient.
-                    self.per_replica_rate = Some(processing / f64::from(sample.members));
-                }
-                if busy && sample.members > 0 && processing > 0.0 {
-                    let per_replica = processing / f64::from(sample.members);
-                    self.per_replica_rate = Some(if lag as i64 >= previous_lag {
-                        smooth(self.per_replica_rate, per_replica, self.config.smoothing)
-                    } else {
-                        self.per_replica_rate
-                            .map_or(per_replica, |known| known.max(per_replica))
-                    });
-                }
-            }
+    /// Arrival and processing rates between `previous` and `sample`, and
+    /// what they teach about one replica's capacity.
+    fn update_rates(&mut self, previous: &Sample, sample: &Sample, lag: u64) {
+        let elapsed = sample.at - previous.at;
+        if elapsed <= 0.0 {
+            return;
         }
-        let observation = Observation {
-            lag,
-            stuck_lag,
-            arrival_rate: self.arrival_rate.unwrap_or(0.0),
-            per_replica_rate: self.per_replica_rate,
-            time_lag_seconds: oldest_age,
-            partitions: sample.partitions.len() as u32,
-            rebalancing: sample.rebalancing,
+        let sum = |s: &Sample, f: &dyn Fn(&PartitionSample) -> i64| -> i64 {
+            s.partitions.iter().map(f).sum()
         };
-        self.previous = Some(sample);
-        self.readings.clear();
-        observation
+        let arrived = sum(sample, &|p| p.high_watermark) - sum(previous, &|p| p.high_watermark);
+        let processed = sum(sample, &|p| self.position(p)) - sum(previous, &|p| self.position(p));
+        let arrival = arrived.max(0) as f64 / elapsed;
+        // A surge's onset hides in the average over the whole interval; the
+        // rate since the watch's last reading shows it.
+        let now: i64 = sample.partitions.iter().map(|p| p.high_watermark).sum();
+        let recent = recent_rate(&self.readings, sample.at, now);
+        let rising = recent.map_or(arrival, |recent| recent.max(arrival));
+        let processing = processed.max(0) as f64 / elapsed;
+        // Fast attack, slow decay: a surge is acted on at the poll that sees
+        // it; a lull must last before it counts.
+        self.arrival_rate = Some(match self.arrival_rate {
+            Some(known) if rising < known => smooth(Some(known), arrival, self.config.smoothing),
+            _ => rising,
+        });
+        self.processing_rate = Some(smooth(
+            self.processing_rate,
+            processing,
+            self.config.smoothing,
+        ));
+        self.learn_capacity(previous, sample, lag, processing);
+    }
+
+    /// Capacity shows only while there is more work than workers do: learn
+    /// it from busy, stable intervals, remember it otherwise. While the
+    /// backlog shrinks, some workers may already be idle, so such a rate
+    /// only bounds it from below.
+    fn learn_capacity(&mut self, previous: &Sample, sample: &Sample, lag: u64, processing: f64) {
+        let previous_lag: i64 = previous
+            .partitions
+            .iter()
+            .map(|p| p.high_watermark - self.position(p))
+            .sum();
+        let busy_floor =
+            i64::from(sample.members.max(1)) * self.config.busy_lag_per_member.max(1) as i64;
+        let busy = lag as i64 >= busy_floor
+            && previous_lag >= busy_floor
+            && !sample.rebalancing
+            && !previous.rebalancing;
+        if !busy
+            && self.per_replica_rate.is_none()
+            && lag > 0
+            && sample.members > 0
+            && processing > 0.0
+        {
+            // Nothing learnt yet: what the members do now is at least what
+            // they can, a start for the gradient.
+            self.per_replica_rate = Some(processing / f64::from(sample.members));
+        }
+        if busy && sample.members > 0 && processing > 0.0 {
+            let per_replica = processing / f64::from(sample.members);
+            self.per_replica_rate = Some(if lag as i64 >= previous_lag {
+                smooth(self.per_replica_rate, per_replica, self.config.smoothing)
+            } else {
+                self.per_replica_rate
+                    .map_or(per_replica, |known| known.max(per_replica))
+            });
+        }
     }
 
     /// Messages processed per second, smoothed.

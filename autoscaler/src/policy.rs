@@ -197,7 +197,8 @@ pub fn quantize(replicas: u32, partitions: u32) -> u32 {
 }
 
 /// Decides the replica count at time `now` (seconds) for `current` replicas.
-/// `observation` is `None` when the measurement failed.
+/// `observation` is `None` when the measurement failed. Each step is one
+/// rule of the module doc, in its order.
 pub fn decide(
     spec: &ScalerSpec,
     observation: Option<&Observation>,
@@ -211,8 +212,35 @@ pub fn decide(
     if observation.rebalancing {
         return hold(current, "consumer group rebalancing: holding");
     }
+    let (demand, mut reason) = raw_demand(spec, observation, current);
+    let demand = idle_or_activation(spec, observation, state, current, now, demand, &mut reason);
+    let mut limited_by = None;
+    let demand = fit_partitions(spec, observation.partitions, demand, &mut limited_by);
+    let desired = bound(spec, demand, &mut limited_by);
+    let stabilized = stabilize(spec, state, current, desired, now);
+    if stabilized != desired {
+        limited_by = Some(Limit::Stabilization);
+    }
+    let limited = rate_limit(spec, state, current, stabilized, now);
+    if limited != stabilized {
+        limited_by = Some(Limit::RatePolicy);
+    }
+    remember_scale_event(spec, state, current, limited, now);
+    let reason = if limited == current {
+        format!("{reason}: stays at {current}")
+    } else {
+        format!("{reason}: {current} → {limited}")
+    };
+    Decision {
+        replicas: limited,
+        reason,
+        limited_by,
+    }
+}
 
-    // 2. Raw demand.
+/// Rule 2: the largest of backlog, gradient and time-lag demand, with the
+/// numbers of the one that wins.
+fn raw_demand(spec: &ScalerSpec, observation: &Observation, current: u32) -> (u32, String) {
     let lag = observation.lag;
     let backlog = lag.div_ceil(spec.lag_per_replica.max(1)) as u32;
     let gradient = match observation.per_replica_rate {
@@ -230,7 +258,7 @@ pub fn decide(
         }
         _ => 0,
     };
-    let mut demand = backlog.max(gradient).max(slo);
+    let demand = backlog.max(gradient).max(slo);
     let mut reason = if demand == slo && slo > 0 {
         format!(
             "time lag {:.1}s > {:.1}s",
@@ -253,45 +281,81 @@ pub fn decide(
             observation.stuck_lag
         ));
     }
+    (demand, reason)
+}
 
-    // 3. Idle and activation.
+/// Rule 3: zero replicas stay at zero until the lag passes the activation
+/// threshold (then `reason` says so); an active or recently active channel
+/// keeps at least one.
+fn idle_or_activation(
+    spec: &ScalerSpec,
+    observation: &Observation,
+    state: &mut PolicyState,
+    current: u32,
+    now: f64,
+    demand: u32,
+    reason: &mut String,
+) -> u32 {
+    let lag = observation.lag;
     let active = lag > 0 || observation.arrival_rate > 0.0;
     if active {
         state.last_active = Some(now);
     }
     // The idle countdown starts with the first decision, not before it.
     let idle_for = now - *state.last_active.get_or_insert(now);
-    let mut limited_by = None;
     if current == 0 && lag <= spec.activation_lag {
         // Not activated: stay at zero unless the minimum says otherwise.
-        demand = 0;
-        reason = format!("lag {lag} ≤ activation {}", spec.activation_lag);
+        *reason = format!("lag {lag} ≤ activation {}", spec.activation_lag);
+        0
     } else if idle_for < spec.idle_seconds || active {
-        demand = demand.max(1);
+        demand.max(1)
+    } else {
+        demand
     }
+}
 
-    // 4. Partitions.
-    let partitions = observation.partitions.max(1);
-    if !spec.allow_more_replicas_than_partitions && demand > 0 {
-        let quantized = quantize(demand.min(partitions), partitions);
-        if demand > partitions {
-            limited_by = Some(Limit::Partitions);
-        }
-        demand = quantized;
+/// Rule 4: at most one replica per partition (unless allowed), rounded up
+/// to the next efficient count.
+fn fit_partitions(
+    spec: &ScalerSpec,
+    partitions: u32,
+    demand: u32,
+    limited_by: &mut Option<Limit>,
+) -> u32 {
+    let partitions = partitions.max(1);
+    if spec.allow_more_replicas_than_partitions || demand == 0 {
+        return demand;
     }
+    if demand > partitions {
+        *limited_by = Some(Limit::Partitions);
+    }
+    quantize(demand.min(partitions), partitions)
+}
 
-    // 5. Bounds.
+/// Rule 5: `minReplicas` and `maxReplicas`.
+fn bound(spec: &ScalerSpec, demand: u32, limited_by: &mut Option<Limit>) -> u32 {
     let mut desired = demand;
     if desired > spec.max_replicas {
         desired = spec.max_replicas;
-        limited_by = Some(Limit::MaxReplicas);
+        *limited_by = Some(Limit::MaxReplicas);
     }
     if desired < spec.min_replicas {
         desired = spec.min_replicas;
-        limited_by = limited_by.or(Some(Limit::MinReplicas));
+        *limited_by = limited_by.or(Some(Limit::MinReplicas));
     }
+    desired
+}
 
-    // 6. Behaviour.
+/// Rule 6, stabilisation: a scale-up goes only as high as the lowest
+/// recommendation of its window, a scale-down only as low as the highest
+/// of its window.
+fn stabilize(
+    spec: &ScalerSpec,
+    state: &mut PolicyState,
+    current: u32,
+    desired: u32,
+    now: f64,
+) -> u32 {
     let window = spec
         .scale_up
         .stabilization_seconds
@@ -304,7 +368,7 @@ pub fn decide(
     {
         state.recommendations.pop_front();
     }
-    let stabilized = if desired > current {
+    if desired > current {
         let lowest = state
             .recommendations
             .iter()
@@ -324,18 +388,22 @@ pub fn decide(
         highest.min(current)
     } else {
         desired
-    };
-    if stabilized != desired {
-        limited_by = Some(Limit::Stabilization);
     }
-    let limited = rate_limit(spec, state, current, stabilized, now);
-    if limited != stabilized {
-        limited_by = Some(Limit::RatePolicy);
-    }
-    if limited != current {
+}
+
+/// Rule 6, rate policies' memory: a change from `current` to `replicas` is
+/// counted against the periods it falls in; older ones are forgotten.
+fn remember_scale_event(
+    spec: &ScalerSpec,
+    state: &mut PolicyState,
+    current: u32,
+    replicas: u32,
+    now: f64,
+) {
+    if replicas != current {
         state
             .scale_events
-            .push_back((now, i64::from(limited) - i64::from(current)));
+            .push_back((now, i64::from(replicas) - i64::from(current)));
     }
     let longest_period = spec
         .scale_up
@@ -353,17 +421,6 @@ pub fn decide(
         .is_some_and(|(t, _)| now - t > longest_period)
     {
         state.scale_events.pop_front();
-    }
-
-    let reason = if limited == current {
-        format!("{reason}: stays at {current}")
-    } else {
-        format!("{reason}: {current} → {limited}")
-    };
-    Decision {
-        replicas: limited,
-        reason,
-        limited_by,
     }
 }
 
