@@ -4,8 +4,10 @@
 //!
 //! # Layout
 //! - [`crd`]: the `ChannelScaler` custom resource, with CEL validation rules.
-//! - [`controller`]: the kube-runtime controller: measure, decide, patch
-//!   `/scale`, write status (server-side apply), record Events.
+//! - [`controller`]: the kube-runtime controller: each poll (or surge) a
+//!   turn of the scaler's loop against the target's `/scale` subresource,
+//!   then status (server-side apply), Events and metrics. One file per
+//!   step under `controller/`.
 //! - [`policy`]: pure arithmetic from an observation and a spec to a replica
 //!   count, with the numbers that caused it. No I/O, no clock.
 //! - [`estimate`]: from raw Kafka samples (watermarks, committed offsets,
