@@ -270,3 +270,6 @@ impl ScalingLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
