@@ -112,6 +112,14 @@ impl ScalingLoop {
         self.probe.is_ok()
     }
 
+    /// The probe, for a blocking task.
+    fn probe(&self) -> Result<Arc<Probe>, MeasurementError> {
+        match &self.probe {
+            Ok(probe) => Ok(Arc::clone(probe)),
+            Err(error) => Err(MeasurementError::Client(error.clone())),
+        }
+    }
+
     /// One turn at `now` seconds: measure, estimate, decide and, when the
     /// decision differs and `act` allows it, scale `target`. Without `act`
     /// (paused, or another autoscaler scales the target) the decision is
@@ -154,10 +162,7 @@ impl ScalingLoop {
 
     /// One sample of the channel; librdkafka blocks, so off the async workers.
     async fn sample(&self, now: f64) -> Result<Sample, MeasurementError> {
-        let probe = match &self.probe {
-            Ok(probe) => Arc::clone(probe),
-            Err(error) => return Err(MeasurementError::Client(error.clone())),
-        };
+        let probe = self.probe()?;
         tokio::task::spawn_blocking(move || probe.sample(now))
             .await
             .expect("measurement task panicked")
@@ -196,10 +201,7 @@ impl ScalingLoop {
     /// The sum of the channel's end offsets: all it ever received. One
     /// ListOffsets request, in a blocking task; what the surge check reads.
     pub async fn read_arrivals(&self) -> Result<i64, MeasurementError> {
-        let probe = match &self.probe {
-            Ok(probe) => Arc::clone(probe),
-            Err(error) => return Err(MeasurementError::Client(error.clone())),
-        };
+        let probe = self.probe()?;
         tokio::task::spawn_blocking(move || probe.arrived())
             .await
             .expect("surge watch task panicked")
