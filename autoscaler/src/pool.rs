@@ -173,6 +173,8 @@ impl Target for ProcessPool {
         self.replicas.len() as u32
     }
 
+    /// Spawning and signalling do not block: done before the future is
+    /// awaited.
     fn scale_to(&mut self, replicas: u32) -> impl Future<Output = std::io::Result<()>> + Send {
         std::future::ready(self.start_or_stop(replicas))
     }
