@@ -86,6 +86,17 @@ struct PartitionHistory {
     progress_at: f64,
 }
 
+/// One sample's backlog, summed over its partitions.
+#[derive(Default)]
+struct Backlog {
+    /// Messages not yet processed, stuck partitions excluded.
+    lag: u64,
+    /// Lag of the stuck partitions.
+    stuck_lag: u64,
+    /// Age of the oldest unprocessed message, seconds.
+    oldest_age: f64,
+}
+
 /// Turns successive samples into observations.
 #[derive(Clone, Debug)]
 pub struct Estimator {
@@ -131,9 +142,29 @@ impl Estimator {
 
     /// The observation after `sample`.
     pub fn observe(&mut self, sample: Sample) -> Observation {
-        let mut lag = 0u64;
-        let mut stuck_lag = 0u64;
-        let mut oldest_age = 0.0f64;
+        let backlog = self.track_partitions(&sample);
+        if let Some(previous) = self.previous.take() {
+            self.update_rates(&previous, &sample, backlog.lag);
+        }
+        let observation = Observation {
+            lag: backlog.lag,
+            stuck_lag: backlog.stuck_lag,
+            arrival_rate: self.arrival_rate.unwrap_or(0.0),
+            per_replica_rate: self.per_replica_rate,
+            time_lag_seconds: backlog.oldest_age,
+            partitions: sample.partitions.len() as u32,
+            rebalancing: sample.rebalancing,
+        };
+        self.previous = Some(sample);
+        self.readings.clear();
+        observation
+    }
+
+    /// Records each partition's watermark and progress, and sums the
+    /// backlog: lag, the lag of stuck partitions apart, and the age of the
+    /// oldest unprocessed message.
+    fn track_partitions(&mut self, sample: &Sample) -> Backlog {
+        let mut backlog = Backlog::default();
         for p in &sample.partitions {
             let position = self.position(p);
             let partition_lag = (p.high_watermark - position).max(0) as u64;
@@ -156,94 +187,86 @@ impl Estimator {
             history.last_committed = Some(position);
             let stuck = sample.members > 0 && sample.at - history.progress_at >= stuck_after;
             if stuck {
-                stuck_lag += partition_lag;
+                backlog.stuck_lag += partition_lag;
                 continue;
             }
-            lag += partition_lag;
+            backlog.lag += partition_lag;
             if partition_lag > 0 {
                 let arrived = arrival_time(&history.arrivals, position);
-                oldest_age = oldest_age.max(sample.at - arrived);
+                backlog.oldest_age = backlog.oldest_age.max(sample.at - arrived);
             }
         }
+        backlog
+    }
 
-        if let Some(previous) = &self.previous {
-            let elapsed = sample.at - previous.at;
-            if elapsed > 0.0 {
-                let sum = |s: &Sample, f: &dyn Fn(&PartitionSample) -> i64| -> i64 {
-                    s.partitions.iter().map(f).sum()
-                };
-                let arrived =
-                    sum(&sample, &|p| p.high_watermark) - sum(previous, &|p| p.high_watermark);
-                let processed =
-                    sum(&sample, &|p| self.position(p)) - sum(previous, &|p| self.position(p));
-                let arrival = arrived.max(0) as f64 / elapsed;
-                // A surge's onset hides in the average over the whole
-                // interval; the rate since the watch's last reading shows it.
-                let now: i64 = sample.partitions.iter().map(|p| p.high_watermark).sum();
-                let recent = recent_rate(&self.readings, sample.at, now);
-                let rising = recent.map_or(arrival, |recent| recent.max(arrival));
-                let processing = processed.max(0) as f64 / elapsed;
-                // Fast attack, slow decay: a surge is acted on at the poll
-                // that sees it; a lull must last before it counts.
-                self.arrival_rate = Some(match self.arrival_rate {
-                    Some(known) if rising < known => {
-                        smooth(Some(known), arrival, self.config.smoothing)
-                    }
-                    _ => rising,
-                });
-                self.processing_rate = Some(smooth(
-                    self.processing_rate,
-                    processing,
-                    self.config.smoothing,
-                ));
-                // Capacity shows only while there is more work than workers
-                // do: learn it from busy, stable intervals, remember it
-                // otherwise. While the backlog shrinks, some workers may
-                // already be idle, so such a rate only bounds it from below.
-                let previous_lag: i64 = previous
-                    .partitions
-                    .iter()
-                    .map(|p| p.high_watermark - self.position(p))
-                    .sum();
-                let busy_floor = i64::from(sample.members.max(1))
-                    * self.config.busy_lag_per_member.max(1) as i64;
-                let busy = lag as i64 >= busy_floor
-                    && previous_lag >= busy_floor
-                    && !sample.rebalancing
-                    && !previous.rebalancing;
-                if !busy
-                    && self.per_replica_rate.is_none()
-                    && lag > 0
-                    && sample.members > 0
-                    && processing > 0.0
-                {
-                    // Nothing learnt yet: what the members do now is at
-                    // least what they can, a start for the gradient.
-                    self.per_replica_rate = Some(processing / f64::from(sample.members));
-                }
-                if busy && sample.members > 0 && processing > 0.0 {
-                    let per_replica = processing / f64::from(sample.members);
-                    self.per_replica_rate = Some(if lag as i64 >= previous_lag {
-                        smooth(self.per_replica_rate, per_replica, self.config.smoothing)
-                    } else {
-                        self.per_replica_rate
-                            .map_or(per_replica, |known| known.max(per_replica))
-                    });
-                }
-            }
+    /// Arrival and processing rates between `previous` and `sample`, and
+    /// what they teach about one replica's capacity.
+    fn update_rates(&mut self, previous: &Sample, sample: &Sample, lag: u64) {
+        let elapsed = sample.at - previous.at;
+        if elapsed <= 0.0 {
+            return;
         }
-        let observation = Observation {
-            lag,
-            stuck_lag,
-            arrival_rate: self.arrival_rate.unwrap_or(0.0),
-            per_replica_rate: self.per_replica_rate,
-            time_lag_seconds: oldest_age,
-            partitions: sample.partitions.len() as u32,
-            rebalancing: sample.rebalancing,
+        let sum = |s: &Sample, f: &dyn Fn(&PartitionSample) -> i64| -> i64 {
+            s.partitions.iter().map(f).sum()
         };
-        self.previous = Some(sample);
-        self.readings.clear();
-        observation
+        let arrived = sum(sample, &|p| p.high_watermark) - sum(previous, &|p| p.high_watermark);
+        let processed = sum(sample, &|p| self.position(p)) - sum(previous, &|p| self.position(p));
+        let arrival = arrived.max(0) as f64 / elapsed;
+        // A surge's onset hides in the average over the whole interval; the
+        // rate since the watch's last reading shows it.
+        let now: i64 = sample.partitions.iter().map(|p| p.high_watermark).sum();
+        let recent = recent_rate(&self.readings, sample.at, now);
+        let rising = recent.map_or(arrival, |recent| recent.max(arrival));
+        let processing = processed.max(0) as f64 / elapsed;
+        // Fast attack, slow decay: a surge is acted on at the poll that sees
+        // it; a lull must last before it counts.
+        self.arrival_rate = Some(match self.arrival_rate {
+            Some(known) if rising < known => smooth(Some(known), arrival, self.config.smoothing),
+            _ => rising,
+        });
+        self.processing_rate = Some(smooth(
+            self.processing_rate,
+            processing,
+            self.config.smoothing,
+        ));
+        self.learn_capacity(previous, sample, lag, processing);
+    }
+
+    /// Capacity shows only while there is more work than workers do: learn
+    /// it from busy, stable intervals, remember it otherwise. While the
+    /// backlog shrinks, some workers may already be idle, so such a rate
+    /// only bounds it from below.
+    fn learn_capacity(&mut self, previous: &Sample, sample: &Sample, lag: u64, processing: f64) {
+        let previous_lag: i64 = previous
+            .partitions
+            .iter()
+            .map(|p| p.high_watermark - self.position(p))
+            .sum();
+        let busy_floor =
+            i64::from(sample.members.max(1)) * self.config.busy_lag_per_member.max(1) as i64;
+        let busy = lag as i64 >= busy_floor
+            && previous_lag >= busy_floor
+            && !sample.rebalancing
+            && !previous.rebalancing;
+        if !busy
+            && self.per_replica_rate.is_none()
+            && lag > 0
+            && sample.members > 0
+            && processing > 0.0
+        {
+            // Nothing learnt yet: what the members do now is at least what
+            // they can, a start for the gradient.
+            self.per_replica_rate = Some(processing / f64::from(sample.members));
+        }
+        if busy && sample.members > 0 && processing > 0.0 {
+            let per_replica = processing / f64::from(sample.members);
+            self.per_replica_rate = Some(if lag as i64 >= previous_lag {
+                smooth(self.per_replica_rate, per_replica, self.config.smoothing)
+            } else {
+                self.per_replica_rate
+                    .map_or(per_replica, |known| known.max(per_replica))
+            });
+        }
     }
 
     /// Messages processed per second, smoothed.
@@ -336,240 +359,4 @@ fn arrival_time(points: &VecDeque<(f64, i64)>, offset: i64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn partition(
-        partition: i32,
-        log_start: i64,
-        high: i64,
-        committed: Option<i64>,
-    ) -> PartitionSample {
-        PartitionSample {
-            partition,
-            log_start,
-            high_watermark: high,
-            committed,
-        }
-    }
-
-    fn sample(at: f64, members: u32, partitions: Vec<PartitionSample>) -> Sample {
-        Sample {
-            at,
-            partitions,
-            rebalancing: false,
-            members,
-        }
-    }
-
-    #[test]
-    fn lag_is_counted_from_the_committed_offset() {
-        let mut estimator = Estimator::new(EstimatorConfig::default());
-        let observation = estimator.observe(sample(
-            0.0,
-            1,
-            vec![
-                partition(0, 0, 100, Some(40)),
-                partition(1, 0, 10, Some(10)),
-            ],
-        ));
-        assert_eq!(observation.lag, 60);
-        assert_eq!(observation.partitions, 2);
-    }
-
-    #[test]
-    fn without_a_committed_offset_the_reset_policy_decides() {
-        let uncommitted = vec![partition(0, 20, 100, None)];
-        let mut earliest = Estimator::new(EstimatorConfig::default());
-        assert_eq!(
-            earliest.observe(sample(0.0, 0, uncommitted.clone())).lag,
-            80
-        );
-        let mut latest = Estimator::new(EstimatorConfig {
-            offset_reset: OffsetReset::Latest,
-            ..EstimatorConfig::default()
-        });
-        assert_eq!(latest.observe(sample(0.0, 0, uncommitted)).lag, 0);
-    }
-
-    #[test]
-    fn messages_deleted_by_retention_are_not_backlog() {
-        let mut estimator = Estimator::new(EstimatorConfig::default());
-        let observation =
-            estimator.observe(sample(0.0, 1, vec![partition(0, 500, 600, Some(100))]));
-        assert_eq!(observation.lag, 100, "only what still exists: 600 − 500");
-    }
-
-    #[test]
-    fn rates_come_from_watermark_and_commit_movement() {
-        let mut estimator = Estimator::new(EstimatorConfig {
-            smoothing: 1.0,
-            ..EstimatorConfig::default()
-        });
-        estimator.observe(sample(0.0, 2, vec![partition(0, 0, 1000, Some(0))]));
-        let observation =
-            estimator.observe(sample(10.0, 2, vec![partition(0, 0, 2000, Some(400))]));
-        assert_eq!(observation.arrival_rate, 100.0);
-        assert_eq!(estimator.processing_rate(), 40.0);
-        assert_eq!(
-            observation.per_replica_rate,
-            Some(20.0),
-            "busy: 40/s over 2 members"
-        );
-        // Drained to zero within an interval: the workers may have idled
-        // part of it, so the rate is no measure of capacity; it is kept.
-        let observation =
-            estimator.observe(sample(20.0, 2, vec![partition(0, 0, 2000, Some(2000))]));
-        assert_eq!(observation.lag, 0);
-        assert_eq!(observation.per_replica_rate, Some(20.0));
-        let observation =
-            estimator.observe(sample(30.0, 2, vec![partition(0, 0, 2000, Some(2000))]));
-        assert_eq!(
-            observation.per_replica_rate,
-            Some(20.0),
-            "idle: remembered, not diluted"
-        );
-        assert_eq!(observation.arrival_rate, 0.0);
-    }
-
-    #[test]
-    fn without_a_busy_interval_the_current_rate_starts_the_capacity() {
-        let mut estimator = Estimator::new(EstimatorConfig::default());
-        estimator.observe(sample(0.0, 2, vec![partition(0, 0, 100, Some(95))]));
-        let observation = estimator.observe(sample(10.0, 2, vec![partition(0, 0, 300, Some(295))]));
-        assert_eq!(
-            observation.per_replica_rate,
-            Some(10.0),
-            "200 in 10 s by 2 members"
-        );
-    }
-
-    #[test]
-    fn arrivals_rise_at_once_and_fall_smoothed() {
-        let mut estimator = Estimator::new(EstimatorConfig::default());
-        let at = |t: f64, high: i64| sample(t, 1, vec![partition(0, 0, high, Some(high))]);
-        estimator.observe(at(0.0, 0));
-        assert_eq!(estimator.observe(at(10.0, 100)).arrival_rate, 10.0);
-        assert_eq!(
-            estimator.observe(at(20.0, 1100)).arrival_rate,
-            100.0,
-            "a surge at once"
-        );
-        assert_eq!(
-            estimator.observe(at(30.0, 1100)).arrival_rate,
-            50.0,
-            "a lull by halves"
-        );
-    }
-
-    #[test]
-    fn time_lag_interpolates_when_the_oldest_message_arrived() {
-        let mut estimator = Estimator::new(EstimatorConfig::default());
-        estimator.observe(sample(0.0, 1, vec![partition(0, 0, 0, Some(0))]));
-        estimator.observe(sample(10.0, 1, vec![partition(0, 0, 100, Some(0))]));
-        let observation = estimator.observe(sample(20.0, 1, vec![partition(0, 0, 100, Some(50))]));
-        // Offset 50 arrived when the watermark passed 51: at 5.1 s.
-        assert!(
-            (observation.time_lag_seconds - 14.9).abs() < 1e-9,
-            "{}",
-            observation.time_lag_seconds
-        );
-    }
-
-    #[test]
-    fn a_partition_without_progress_becomes_stuck_and_leaves_the_lag() {
-        let mut estimator = Estimator::new(EstimatorConfig {
-            stuck_after_seconds: 3.0,
-            ..EstimatorConfig::default()
-        });
-        let mut observation = None;
-        for poll in 0..5 {
-            let at = f64::from(poll);
-            observation = Some(estimator.observe(sample(
-                at,
-                1,
-                vec![
-                    partition(0, 0, 100, Some(10)),
-                    partition(
-                        1,
-                        0,
-                        100 + i64::from(poll) * 10,
-                        Some(100 + i64::from(poll) * 10 - 5),
-                    ),
-                ],
-            )));
-        }
-        let observation = observation.unwrap();
-        assert_eq!(estimator.stuck_partitions(), [0]);
-        assert_eq!(observation.stuck_lag, 90);
-        assert_eq!(observation.lag, 5);
-    }
-
-    #[test]
-    fn quick_polls_do_not_make_a_partition_stuck_sooner() {
-        let mut estimator = Estimator::new(EstimatorConfig {
-            stuck_after_seconds: 60.0,
-            ..EstimatorConfig::default()
-        });
-        for poll in 0..30 {
-            estimator.observe(sample(
-                f64::from(poll),
-                1,
-                vec![partition(0, 0, 100, Some(10))],
-            ));
-        }
-        assert!(estimator.stuck_partitions().is_empty(), "30 polls in 29 s");
-        estimator.observe(sample(60.0, 1, vec![partition(0, 0, 100, Some(10))]));
-        assert_eq!(estimator.stuck_partitions(), [0], "60 s without progress");
-    }
-
-    #[test]
-    fn a_surge_shows_in_the_end_offsets_before_the_next_poll() {
-        let mut estimator = Estimator::new(EstimatorConfig::default());
-        // 50/s arrive; two members process 25/s each with a steady backlog.
-        let busy = |t: f64, high: i64, committed: i64| {
-            sample(
-                t,
-                2,
-                vec![
-                    partition(0, 0, high / 2, Some(committed / 2)),
-                    partition(1, 0, high / 2, Some(committed / 2)),
-                ],
-            )
-        };
-        estimator.observe(busy(0.0, 0, 0));
-        estimator.observe(busy(5.0, 250, 150));
-        let known = estimator.observe(busy(10.0, 500, 400));
-        assert_eq!(known.arrival_rate, 50.0);
-        assert_eq!(known.per_replica_rate, Some(20.0));
-        assert!(
-            !estimator.clone().surging(11.0, 580, 6),
-            "80/s: more than known, but 6 replicas process 120/s"
-        );
-        assert!(
-            estimator.clone().surging(11.0, 580, 2),
-            "80/s: beyond 1.5 × 50/s and beyond 2 × 20/s"
-        );
-        assert!(
-            !estimator.surging(11.0, 550, 2),
-            "50/s: the rate already known"
-        );
-        assert!(
-            estimator.surging(12.0, 1050, 2),
-            "500/s in the last second, though 275/s since the poll"
-        );
-        let surge = estimator.observe(busy(12.5, 1300, 440));
-        assert_eq!(
-            surge.arrival_rate, 500.0,
-            "taken at once, and from the end: 750 since the 11 s reading"
-        );
-        assert!(
-            !estimator.surging(13.5, 1800, 2),
-            "the same 500/s again is no new surge"
-        );
-        assert!(
-            !Estimator::new(EstimatorConfig::default()).surging(1.0, 1000, 0),
-            "no sample yet: the first poll measures"
-        );
-    }
-}
+mod tests;

@@ -4,8 +4,10 @@
 //!
 //! # Layout
 //! - [`crd`]: the `ChannelScaler` custom resource, with CEL validation rules.
-//! - [`controller`]: the kube-runtime controller: measure, decide, patch
-//!   `/scale`, write status (server-side apply), record Events.
+//! - [`controller`]: the kube-runtime controller: each poll (or surge) a
+//!   turn of the scaler's loop against the target's `/scale` subresource,
+//!   then status (server-side apply), Events and metrics. One file per
+//!   step under `controller/`.
 //! - [`policy`]: pure arithmetic from an observation and a spec to a replica
 //!   count, with the numbers that caused it. No I/O, no clock.
 //! - [`estimate`]: from raw Kafka samples (watermarks, committed offsets,
@@ -13,8 +15,10 @@
 //!   stuck partitions. Also pure.
 //! - [`measure`]: the Kafka admin calls that produce those samples.
 //! - [`metrics`]: the controller's Prometheus metrics and health endpoints.
-//! - [`local`]: actuation without a cluster, a pool of worker processes;
-//!   [`local_loop`] ties measurement, policy and the pool together.
+//! - [`scaling`]: the scaling loop, written once: measure, estimate,
+//!   decide, scale a [`scaling::Target`]; and the surge check between polls.
+//! - [`pool`]: the local target, a pool of worker processes, and the
+//!   local autoscaler that scales it without a cluster.
 //!
 //! Measurement (Kafka admin calls) and actuation (Kubernetes `/scale`, or a
 //! pool of local processes) live apart from the policy and meet it in one
@@ -23,8 +27,8 @@
 pub mod controller;
 pub mod crd;
 pub mod estimate;
-pub mod local;
-pub mod local_loop;
 pub mod measure;
 pub mod metrics;
 pub mod policy;
+pub mod pool;
+pub mod scaling;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use osmosis_autoscaler::estimate::{EstimatorConfig, OffsetReset};
-use osmosis_autoscaler::local_loop::{self, LocalConfig};
 use osmosis_autoscaler::policy::{Behavior, RatePolicy, ScalerSpec, Select};
+use osmosis_autoscaler::pool::{self, LocalConfig};
 
 #[derive(Parser)]
 #[command(
@@ -245,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
                 command: args.command,
                 drain_timeout: Duration::from_millis(args.drain_timeout_ms),
             };
-            local_loop::run(config, shutdown_signal())
+            pool::run(config, shutdown_signal())
                 .await
                 .context("the local autoscaler failed")?;
         }

@@ -15,7 +15,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::estimate::{PartitionSample, Sample};
 
 /// A failed poll. The loop holds its last decision: a failure never scales down.
-#[derive(Debug, thiserror::Error)]
+/// Clone: a probe that could not be created fails every measurement with it.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum MeasureError {
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),

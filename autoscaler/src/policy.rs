@@ -20,40 +20,13 @@
 //! 6. HPA-v2-style behaviour: per-direction stabilisation windows and rate
 //!    policies.
 
+mod behavior;
+
 use std::collections::VecDeque;
 use std::fmt;
 
-/// How fast replicas may be added or removed, as in HPA v2 `behavior`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Behavior {
-    /// Recommendations of this window are combined before acting: the
-    /// lowest for scale-up, the highest for scale-down (no flapping).
-    pub stabilization_seconds: f64,
-    /// Limits per period; empty means no limit.
-    pub policies: Vec<RatePolicy>,
-    /// Which policy applies when several do.
-    pub select: Select,
-}
-
-/// One rate limit.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RatePolicy {
-    /// At most `value` replicas per `period_seconds`.
-    Pods { value: u32, period_seconds: f64 },
-    /// At most `value` percent of the replicas at the period's start.
-    Percent { value: u32, period_seconds: f64 },
-}
-
-/// Which of several rate policies wins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Select {
-    /// The one allowing the largest change.
-    Max,
-    /// The one allowing the smallest change.
-    Min,
-    /// No scaling in this direction.
-    Disabled,
-}
+pub use behavior::{Behavior, RatePolicy, Select};
+use behavior::{rate_limit, remember_scale_event, stabilize};
 
 /// What a `ChannelScaler` asks for, as numbers.
 #[derive(Clone, Debug, PartialEq)]
@@ -197,7 +170,8 @@ pub fn quantize(replicas: u32, partitions: u32) -> u32 {
 }
 
 /// Decides the replica count at time `now` (seconds) for `current` replicas.
-/// `observation` is `None` when the measurement failed.
+/// `observation` is `None` when the measurement failed. Each step is one
+/// rule of the module doc, in its order.
 pub fn decide(
     spec: &ScalerSpec,
     observation: Option<&Observation>,
@@ -211,8 +185,35 @@ pub fn decide(
     if observation.rebalancing {
         return hold(current, "consumer group rebalancing: holding");
     }
+    let (demand, mut reason) = raw_demand(spec, observation, current);
+    let demand = idle_or_activation(spec, observation, state, current, now, demand, &mut reason);
+    let mut limited_by = None;
+    let demand = fit_partitions(spec, observation.partitions, demand, &mut limited_by);
+    let desired = bound(spec, demand, &mut limited_by);
+    let stabilized = stabilize(spec, state, current, desired, now);
+    if stabilized != desired {
+        limited_by = Some(Limit::Stabilization);
+    }
+    let limited = rate_limit(spec, state, current, stabilized, now);
+    if limited != stabilized {
+        limited_by = Some(Limit::RatePolicy);
+    }
+    remember_scale_event(spec, state, current, limited, now);
+    let reason = if limited == current {
+        format!("{reason}: stays at {current}")
+    } else {
+        format!("{reason}: {current} → {limited}")
+    };
+    Decision {
+        replicas: limited,
+        reason,
+        limited_by,
+    }
+}
 
-    // 2. Raw demand.
+/// Rule 2: the largest of backlog, gradient and time-lag demand, with the
+/// numbers of the one that wins.
+fn raw_demand(spec: &ScalerSpec, observation: &Observation, current: u32) -> (u32, String) {
     let lag = observation.lag;
     let backlog = lag.div_ceil(spec.lag_per_replica.max(1)) as u32;
     let gradient = match observation.per_replica_rate {
@@ -230,7 +231,7 @@ pub fn decide(
         }
         _ => 0,
     };
-    let mut demand = backlog.max(gradient).max(slo);
+    let demand = backlog.max(gradient).max(slo);
     let mut reason = if demand == slo && slo > 0 {
         format!(
             "time lag {:.1}s > {:.1}s",
@@ -253,124 +254,69 @@ pub fn decide(
             observation.stuck_lag
         ));
     }
+    (demand, reason)
+}
 
-    // 3. Idle and activation.
+/// Rule 3: zero replicas stay at zero until the lag passes the activation
+/// threshold (then `reason` says so); an active or recently active channel
+/// keeps at least one.
+fn idle_or_activation(
+    spec: &ScalerSpec,
+    observation: &Observation,
+    state: &mut PolicyState,
+    current: u32,
+    now: f64,
+    demand: u32,
+    reason: &mut String,
+) -> u32 {
+    let lag = observation.lag;
     let active = lag > 0 || observation.arrival_rate > 0.0;
     if active {
         state.last_active = Some(now);
     }
     // The idle countdown starts with the first decision, not before it.
     let idle_for = now - *state.last_active.get_or_insert(now);
-    let mut limited_by = None;
     if current == 0 && lag <= spec.activation_lag {
         // Not activated: stay at zero unless the minimum says otherwise.
-        demand = 0;
-        reason = format!("lag {lag} ≤ activation {}", spec.activation_lag);
+        *reason = format!("lag {lag} ≤ activation {}", spec.activation_lag);
+        0
     } else if idle_for < spec.idle_seconds || active {
-        demand = demand.max(1);
-    }
-
-    // 4. Partitions.
-    let partitions = observation.partitions.max(1);
-    if !spec.allow_more_replicas_than_partitions && demand > 0 {
-        let quantized = quantize(demand.min(partitions), partitions);
-        if demand > partitions {
-            limited_by = Some(Limit::Partitions);
-        }
-        demand = quantized;
-    }
-
-    // 5. Bounds.
-    let mut desired = demand;
-    if desired > spec.max_replicas {
-        desired = spec.max_replicas;
-        limited_by = Some(Limit::MaxReplicas);
-    }
-    if desired < spec.min_replicas {
-        desired = spec.min_replicas;
-        limited_by = limited_by.or(Some(Limit::MinReplicas));
-    }
-
-    // 6. Behaviour.
-    let window = spec
-        .scale_up
-        .stabilization_seconds
-        .max(spec.scale_down.stabilization_seconds);
-    state.recommendations.push_back((now, desired));
-    while state
-        .recommendations
-        .front()
-        .is_some_and(|(t, _)| now - t > window)
-    {
-        state.recommendations.pop_front();
-    }
-    let stabilized = if desired > current {
-        let lowest = state
-            .recommendations
-            .iter()
-            .filter(|(t, _)| now - t <= spec.scale_up.stabilization_seconds)
-            .map(|(_, r)| *r)
-            .min()
-            .unwrap_or(desired);
-        lowest.max(current)
-    } else if desired < current {
-        let highest = state
-            .recommendations
-            .iter()
-            .filter(|(t, _)| now - t <= spec.scale_down.stabilization_seconds)
-            .map(|(_, r)| *r)
-            .max()
-            .unwrap_or(desired);
-        highest.min(current)
+        demand.max(1)
     } else {
-        desired
-    };
-    if stabilized != desired {
-        limited_by = Some(Limit::Stabilization);
-    }
-    let limited = rate_limit(spec, state, current, stabilized, now);
-    if limited != stabilized {
-        limited_by = Some(Limit::RatePolicy);
-    }
-    if limited != current {
-        state
-            .scale_events
-            .push_back((now, i64::from(limited) - i64::from(current)));
-    }
-    let longest_period = spec
-        .scale_up
-        .policies
-        .iter()
-        .chain(&spec.scale_down.policies)
-        .map(|p| match p {
-            RatePolicy::Pods { period_seconds, .. }
-            | RatePolicy::Percent { period_seconds, .. } => *period_seconds,
-        })
-        .fold(0.0, f64::max);
-    while state
-        .scale_events
-        .front()
-        .is_some_and(|(t, _)| now - t > longest_period)
-    {
-        state.scale_events.pop_front();
-    }
-
-    let reason = if limited == current {
-        format!("{reason}: stays at {current}")
-    } else {
-        format!("{reason}: {current} → {limited}")
-    };
-    Decision {
-        replicas: limited,
-        reason,
-        limited_by,
+        demand
     }
 }
 
-/// A rate policy's allowance per period.
-enum Step {
-    Pods(u32),
-    Percent(u32),
+/// Rule 4: at most one replica per partition (unless allowed), rounded up
+/// to the next efficient count.
+fn fit_partitions(
+    spec: &ScalerSpec,
+    partitions: u32,
+    demand: u32,
+    limited_by: &mut Option<Limit>,
+) -> u32 {
+    let partitions = partitions.max(1);
+    if spec.allow_more_replicas_than_partitions || demand == 0 {
+        return demand;
+    }
+    if demand > partitions {
+        *limited_by = Some(Limit::Partitions);
+    }
+    quantize(demand.min(partitions), partitions)
+}
+
+/// Rule 5: `minReplicas` and `maxReplicas`.
+fn bound(spec: &ScalerSpec, demand: u32, limited_by: &mut Option<Limit>) -> u32 {
+    let mut desired = demand;
+    if desired > spec.max_replicas {
+        desired = spec.max_replicas;
+        *limited_by = Some(Limit::MaxReplicas);
+    }
+    if desired < spec.min_replicas {
+        desired = spec.min_replicas;
+        *limited_by = limited_by.or(Some(Limit::MinReplicas));
+    }
+    desired
 }
 
 fn hold(current: u32, reason: &str) -> Decision {
@@ -381,380 +327,5 @@ fn hold(current: u32, reason: &str) -> Decision {
     }
 }
 
-/// Applies the rate policies of the direction of change (HPA v2: limits
-/// count from the replicas at the start of each policy's period).
-fn rate_limit(spec: &ScalerSpec, state: &PolicyState, current: u32, target: u32, now: f64) -> u32 {
-    let up = target > current;
-    let behavior = if up { &spec.scale_up } else { &spec.scale_down };
-    if target == current {
-        return current;
-    }
-    if behavior.select == Select::Disabled {
-        return current;
-    }
-    if behavior.policies.is_empty() {
-        return target;
-    }
-    let bounds = behavior.policies.iter().map(|policy| {
-        let (period, step_of) = match *policy {
-            RatePolicy::Pods {
-                value,
-                period_seconds,
-            } => (period_seconds, Step::Pods(value)),
-            RatePolicy::Percent {
-                value,
-                period_seconds,
-            } => (period_seconds, Step::Percent(value)),
-        };
-        let changed_in_period: i64 = state
-            .scale_events
-            .iter()
-            .filter(|(t, _)| now - t < period)
-            .map(|(_, delta)| *delta)
-            .sum();
-        let start = (i64::from(current) - changed_in_period).max(0) as f64;
-        let step = match step_of {
-            Step::Pods(value) => f64::from(value),
-            Step::Percent(value) => (start * f64::from(value) / 100.0).ceil(),
-        };
-        if up {
-            // From zero a percentage allows nothing: allow one replica.
-            (start + step.max(1.0)) as u32
-        } else {
-            (start - step).max(0.0) as u32
-        }
-    });
-    let bound = match (behavior.select, up) {
-        (Select::Max, true) | (Select::Min, false) => bounds.max(),
-        (Select::Min, true) | (Select::Max, false) => bounds.min(),
-        (Select::Disabled, _) => unreachable!("handled above"),
-    }
-    .unwrap_or(target);
-    if up {
-        target.min(bound)
-    } else {
-        target.max(bound)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn observed(lag: u64) -> Observation {
-        Observation {
-            lag,
-            stuck_lag: 0,
-            arrival_rate: 0.0,
-            per_replica_rate: None,
-            time_lag_seconds: 0.0,
-            partitions: 64,
-            rebalancing: false,
-        }
-    }
-
-    fn spec() -> ScalerSpec {
-        ScalerSpec {
-            max_replicas: 100,
-            lag_per_replica: 2500,
-            scale_down: Behavior {
-                stabilization_seconds: 0.0,
-                policies: Vec::new(),
-                select: Select::Max,
-            },
-            ..ScalerSpec::default()
-        }
-    }
-
-    fn once(spec: &ScalerSpec, observation: &Observation, current: u32) -> Decision {
-        decide(
-            spec,
-            Some(observation),
-            &mut PolicyState::default(),
-            current,
-            0.0,
-        )
-    }
-
-    #[test]
-    fn backlog_sizes_like_keda_lag_threshold() {
-        let twelve = Observation {
-            partitions: 12,
-            ..observed(12_000)
-        };
-        let decision = once(&spec(), &twelve, 2);
-        // ceil(12000 / 2500) = 5, but 5 replicas of 12 partitions leave one
-        // with 3, like 4 do: 6 is the next count that helps.
-        assert_eq!(decision.replicas, 6);
-        assert_eq!(decision.reason, "lag 12000 / 2500 per replica: 2 → 6");
-        let spread = ScalerSpec {
-            allow_more_replicas_than_partitions: true,
-            ..spec()
-        };
-        assert_eq!(once(&spread, &twelve, 2).replicas, 5);
-    }
-
-    #[test]
-    fn the_gradient_sizes_from_arrivals_drain_time_and_capacity() {
-        let observation = Observation {
-            arrival_rate: 100.0,
-            per_replica_rate: Some(50.0),
-            ..observed(3_000)
-        };
-        let spec = ScalerSpec {
-            target_drain_seconds: 30.0,
-            target_utilization: 1.0,
-            allow_more_replicas_than_partitions: true,
-            ..spec()
-        };
-        // (100/s + 3000 / 30s) / 50/s = 4, more than the backlog's 2.
-        let decision = once(&spec, &observation, 1);
-        assert_eq!(decision.replicas, 4);
-        assert!(
-            decision.reason.starts_with("arrivals 100.0/s + lag 3000"),
-            "{}",
-            decision.reason
-        );
-        // Planning 90 % of the capacity: 200 / 45 → 5.
-        let headroom = ScalerSpec {
-            target_utilization: 0.9,
-            ..spec
-        };
-        assert_eq!(once(&headroom, &observation, 1).replicas, 5);
-    }
-
-    #[test]
-    fn an_unknown_capacity_leaves_the_backlog_in_charge() {
-        let observation = Observation {
-            arrival_rate: 1_000.0,
-            ..observed(5_000)
-        };
-        let spec = ScalerSpec {
-            allow_more_replicas_than_partitions: true,
-            ..spec()
-        };
-        assert_eq!(once(&spec, &observation, 1).replicas, 2);
-    }
-
-    #[test]
-    fn an_old_backlog_scales_up_by_the_time_lag() {
-        let spec = ScalerSpec {
-            max_time_lag_seconds: Some(10.0),
-            allow_more_replicas_than_partitions: true,
-            ..spec()
-        };
-        let observation = Observation {
-            time_lag_seconds: 30.0,
-            ..observed(100)
-        };
-        let decision = once(&spec, &observation, 2);
-        assert_eq!(decision.replicas, 6, "2 replicas × 30s/10s");
-        assert!(decision.reason.starts_with("time lag 30.0s > 10.0s"));
-        let fresh = Observation {
-            time_lag_seconds: 5.0,
-            ..observed(100)
-        };
-        assert_eq!(
-            once(&spec, &fresh, 2).replicas,
-            1,
-            "young backlog: backlog rule"
-        );
-    }
-
-    #[test]
-    fn efficient_counts_lower_the_partitions_per_replica() {
-        assert_eq!(efficient_counts(12), [1, 2, 3, 4, 6, 12]);
-        assert_eq!(efficient_counts(7), [1, 2, 3, 4, 7]);
-        assert_eq!(efficient_counts(1), [1]);
-        assert_eq!(quantize(5, 12), 6);
-        assert_eq!(quantize(7, 12), 12);
-        assert_eq!(quantize(0, 12), 0);
-    }
-
-    #[test]
-    fn demand_near_the_partition_count_reaches_it_exactly() {
-        let twelve = Observation {
-            partitions: 12,
-            ..observed(0)
-        };
-        for (lag, expected) in [
-            (11 * 2500, 12),
-            (12 * 2500, 12),
-            (7 * 2500, 12),
-            (6 * 2500, 6),
-        ] {
-            let observation = Observation {
-                lag,
-                ..twelve.clone()
-            };
-            assert_eq!(
-                once(&spec(), &observation, 1).replicas,
-                expected,
-                "lag {lag}"
-            );
-        }
-        let beyond = Observation {
-            lag: 40 * 2500,
-            ..twelve
-        };
-        let decision = once(&spec(), &beyond, 1);
-        assert_eq!(decision.replicas, 12);
-        assert_eq!(decision.limited_by, Some(Limit::Partitions));
-    }
-
-    #[test]
-    fn min_and_max_bound_the_demand() {
-        let bounded = ScalerSpec {
-            min_replicas: 2,
-            max_replicas: 4,
-            ..spec()
-        };
-        let decision = once(&bounded, &observed(100 * 2500), 3);
-        assert_eq!(
-            (decision.replicas, decision.limited_by),
-            (4, Some(Limit::MaxReplicas))
-        );
-        let decision = once(&bounded, &observed(0), 3);
-        assert_eq!(decision.replicas, 2);
-    }
-
-    #[test]
-    fn a_failed_measurement_or_a_rebalance_holds() {
-        let mut state = PolicyState::default();
-        let decision = decide(&spec(), None, &mut state, 5, 0.0);
-        assert_eq!(
-            (decision.replicas, decision.limited_by),
-            (5, Some(Limit::Held))
-        );
-        let rebalancing = Observation {
-            rebalancing: true,
-            ..observed(0)
-        };
-        let decision = decide(&spec(), Some(&rebalancing), &mut state, 5, 1.0);
-        assert_eq!(
-            decision.replicas, 5,
-            "no scale-down from mid-rebalance samples"
-        );
-    }
-
-    #[test]
-    fn stuck_partitions_are_reported_not_chased() {
-        let observation = Observation {
-            stuck_lag: 50_000,
-            ..observed(2_500)
-        };
-        let decision = once(&spec(), &observation, 1);
-        assert_eq!(decision.replicas, 1);
-        assert!(
-            decision
-                .reason
-                .contains("stuck partitions' lag 50000 left out")
-        );
-    }
-
-    #[test]
-    fn scale_to_zero_waits_for_idle_and_activation_waits_for_lag() {
-        let spec = ScalerSpec {
-            idle_seconds: 60.0,
-            activation_lag: 10,
-            ..spec()
-        };
-        let mut state = PolicyState::default();
-        let busy = observed(100);
-        assert_eq!(decide(&spec, Some(&busy), &mut state, 1, 0.0).replicas, 1);
-        let idle = observed(0);
-        assert_eq!(
-            decide(&spec, Some(&idle), &mut state, 1, 30.0).replicas,
-            1,
-            "not idle long enough"
-        );
-        assert_eq!(
-            decide(&spec, Some(&idle), &mut state, 1, 61.0).replicas,
-            0,
-            "idle: to zero"
-        );
-        assert_eq!(
-            decide(&spec, Some(&observed(10)), &mut state, 0, 62.0).replicas,
-            0,
-            "below activation"
-        );
-        let decision = decide(&spec, Some(&observed(11)), &mut state, 0, 63.0);
-        assert_eq!(decision.replicas, 1, "activated");
-        assert_eq!(decision.reason, "lag 11 / 2500 per replica: 0 → 1");
-    }
-
-    #[test]
-    fn scale_down_waits_for_its_stabilization_window() {
-        let spec = ScalerSpec {
-            allow_more_replicas_than_partitions: true,
-            scale_down: Behavior {
-                stabilization_seconds: 60.0,
-                policies: Vec::new(),
-                select: Select::Max,
-            },
-            ..spec()
-        };
-        let mut state = PolicyState::default();
-        assert_eq!(
-            decide(&spec, Some(&observed(10 * 2500)), &mut state, 1, 0.0).replicas,
-            10
-        );
-        let drained = observed(2500);
-        let decision = decide(&spec, Some(&drained), &mut state, 10, 30.0);
-        assert_eq!(
-            (decision.replicas, decision.limited_by),
-            (10, Some(Limit::Stabilization))
-        );
-        assert_eq!(
-            decide(&spec, Some(&drained), &mut state, 10, 61.0).replicas,
-            1
-        );
-        // Scale-up is not held back by the scale-down window.
-        assert_eq!(
-            decide(&spec, Some(&observed(5 * 2500)), &mut state, 1, 62.0).replicas,
-            5
-        );
-    }
-
-    #[test]
-    fn rate_policies_limit_each_period_from_its_start() {
-        let spec = ScalerSpec {
-            allow_more_replicas_than_partitions: true,
-            scale_up: Behavior {
-                stabilization_seconds: 0.0,
-                policies: vec![
-                    RatePolicy::Pods {
-                        value: 4,
-                        period_seconds: 15.0,
-                    },
-                    RatePolicy::Percent {
-                        value: 100,
-                        period_seconds: 15.0,
-                    },
-                ],
-                select: Select::Max,
-            },
-            ..spec()
-        };
-        let mut state = PolicyState::default();
-        let spike = observed(24 * 2500);
-        let first = decide(&spec, Some(&spike), &mut state, 1, 0.0);
-        assert_eq!(
-            (first.replicas, first.limited_by),
-            (5, Some(Limit::RatePolicy)),
-            "max(1+4, 1×2)"
-        );
-        let same_period = decide(&spec, Some(&spike), &mut state, 5, 5.0);
-        assert_eq!(same_period.replicas, 5, "the period's allowance is used up");
-        let next_period = decide(&spec, Some(&spike), &mut state, 5, 16.0);
-        assert_eq!(next_period.replicas, 10, "max(5+4, 5×2)");
-        let disabled = ScalerSpec {
-            scale_down: Behavior {
-                select: Select::Disabled,
-                ..spec.scale_down.clone()
-            },
-            ..spec.clone()
-        };
-        assert_eq!(once(&disabled, &observed(0), 10).replicas, 10);
-    }
-}
+mod tests;

@@ -1,13 +1,66 @@
-//! Actuation without a cluster: a pool of local worker processes started
-//! from a command template and stopped with SIGTERM, so that they drain
-//! (finish in-flight messages, commit, leave the group) before exiting.
+//! The local target, actuation without a cluster: a pool of worker
+//! processes started from a command template and stopped with SIGTERM, so
+//! that they drain (finish in-flight messages, commit, leave the group)
+//! before exiting; and [`run`], which scales one on a channel's backlog
+//! with the [`ScalingLoop`]. The policy, the estimator and the loop are the
+//! Kubernetes controller's; only the actuation differs.
 
+use std::future::Future;
 use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+
+use crate::estimate::EstimatorConfig;
+use crate::measure::{MeasureError, Probe};
+use crate::policy::ScalerSpec;
+use crate::scaling::{Polls, ScalingLoop, Target};
+
+/// What the local autoscaler needs.
+pub struct LocalConfig {
+    pub brokers: String,
+    pub kafka_properties: Vec<(String, String)>,
+    pub topic: String,
+    pub group: String,
+    pub spec: ScalerSpec,
+    pub estimator: EstimatorConfig,
+    pub poll_interval: Duration,
+    /// Between polls, read the end offsets this often and poll at once on a
+    /// surge ([`crate::estimate::Estimator::surging`]); `None`: polls only.
+    pub surge_watch: Option<Duration>,
+    /// Worker command; `{replica}` is replaced by the replica's number.
+    pub command: Vec<String>,
+    pub drain_timeout: Duration,
+}
+
+/// Scales a pool of worker processes on the channel until `shutdown`
+/// resolves, then drains every worker.
+pub async fn run(
+    config: LocalConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MeasureError> {
+    let probe = Probe::new(
+        &config.brokers,
+        &config.kafka_properties,
+        &config.topic,
+        &config.group,
+    )?;
+    let scaling = ScalingLoop::new(None, Ok(probe), config.estimator);
+    let mut pool = ProcessPool::new(config.command, config.drain_timeout);
+    if let Err(error) = pool.start_or_stop(config.spec.min_replicas) {
+        tracing::error!(%error, "cannot start workers");
+    }
+    let polls = Polls {
+        interval: config.poll_interval,
+        surge_watch: config.surge_watch,
+    };
+    scaling.run(&mut pool, &config.spec, polls, shutdown).await;
+    tracing::info!("stopping: draining every worker");
+    pool.shutdown().await;
+    Ok(())
+}
 
 /// A started worker process.
 struct Replica {
@@ -41,14 +94,8 @@ impl ProcessPool {
         }
     }
 
-    /// Replicas running (draining ones excluded).
-    pub fn replicas(&mut self) -> u32 {
-        self.reap();
-        self.replicas.len() as u32
-    }
-
     /// Starts or stops processes until `target` run; the newest stop first.
-    pub fn scale_to(&mut self, target: u32) -> std::io::Result<()> {
+    fn start_or_stop(&mut self, target: u32) -> std::io::Result<()> {
         self.reap();
         while (self.replicas.len() as u32) < target {
             let id = self.next_id;
@@ -99,7 +146,7 @@ impl ProcessPool {
 
     /// Stops every replica and waits for them to drain (then kills the rest).
     pub async fn shutdown(&mut self) {
-        self.scale_to(0).ok();
+        self.start_or_stop(0).ok();
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         for replica in &mut self.draining {
             if tokio::time::timeout_at(deadline, replica.child.wait())
@@ -114,5 +161,21 @@ impl ProcessPool {
             }
         }
         self.reap();
+    }
+}
+
+impl Target for ProcessPool {
+    type Error = std::io::Error;
+
+    /// Replicas running (draining ones excluded).
+    fn replicas(&mut self) -> u32 {
+        self.reap();
+        self.replicas.len() as u32
+    }
+
+    /// Spawning and signalling do not block: done before the future is
+    /// awaited.
+    fn scale_to(&mut self, replicas: u32) -> impl Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(self.start_or_stop(replicas))
     }
 }

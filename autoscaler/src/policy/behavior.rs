@@ -1,0 +1,184 @@
+//! Rule 6 of the policy, HPA-v2-style behaviour: per direction, a
+//! stabilisation window (recommendations of the window are combined
+//! before acting) and rate policies (limits per period), with what they
+//! remember in [`PolicyState`]. Pure, like the rest of the policy.
+
+use super::{PolicyState, ScalerSpec};
+
+/// How fast replicas may be added or removed, as in HPA v2 `behavior`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Behavior {
+    /// Recommendations of this window are combined before acting: the
+    /// lowest for scale-up, the highest for scale-down (no flapping).
+    pub stabilization_seconds: f64,
+    /// Limits per period; empty means no limit.
+    pub policies: Vec<RatePolicy>,
+    /// Which policy applies when several do.
+    pub select: Select,
+}
+
+/// One rate limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RatePolicy {
+    /// At most `value` replicas per `period_seconds`.
+    Pods { value: u32, period_seconds: f64 },
+    /// At most `value` percent of the replicas at the period's start.
+    Percent { value: u32, period_seconds: f64 },
+}
+
+/// Which of several rate policies wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Select {
+    /// The one allowing the largest change.
+    Max,
+    /// The one allowing the smallest change.
+    Min,
+    /// No scaling in this direction.
+    Disabled,
+}
+
+/// Rule 6, stabilisation: a scale-up goes only as high as the lowest
+/// recommendation of its window, a scale-down only as low as the highest
+/// of its window.
+pub(super) fn stabilize(
+    spec: &ScalerSpec,
+    state: &mut PolicyState,
+    current: u32,
+    desired: u32,
+    now: f64,
+) -> u32 {
+    let window = spec
+        .scale_up
+        .stabilization_seconds
+        .max(spec.scale_down.stabilization_seconds);
+    state.recommendations.push_back((now, desired));
+    while state
+        .recommendations
+        .front()
+        .is_some_and(|(t, _)| now - t > window)
+    {
+        state.recommendations.pop_front();
+    }
+    if desired > current {
+        let lowest = state
+            .recommendations
+            .iter()
+            .filter(|(t, _)| now - t <= spec.scale_up.stabilization_seconds)
+            .map(|(_, r)| *r)
+            .min()
+            .unwrap_or(desired);
+        lowest.max(current)
+    } else if desired < current {
+        let highest = state
+            .recommendations
+            .iter()
+            .filter(|(t, _)| now - t <= spec.scale_down.stabilization_seconds)
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(desired);
+        highest.min(current)
+    } else {
+        desired
+    }
+}
+
+/// Rule 6, rate policies' memory: a change from `current` to `replicas` is
+/// counted against the periods it falls in; older ones are forgotten.
+pub(super) fn remember_scale_event(
+    spec: &ScalerSpec,
+    state: &mut PolicyState,
+    current: u32,
+    replicas: u32,
+    now: f64,
+) {
+    if replicas != current {
+        state
+            .scale_events
+            .push_back((now, i64::from(replicas) - i64::from(current)));
+    }
+    let longest_period = spec
+        .scale_up
+        .policies
+        .iter()
+        .chain(&spec.scale_down.policies)
+        .map(|p| match p {
+            RatePolicy::Pods { period_seconds, .. }
+            | RatePolicy::Percent { period_seconds, .. } => *period_seconds,
+        })
+        .fold(0.0, f64::max);
+    while state
+        .scale_events
+        .front()
+        .is_some_and(|(t, _)| now - t > longest_period)
+    {
+        state.scale_events.pop_front();
+    }
+}
+
+/// A rate policy's allowance per period.
+enum Step {
+    Pods(u32),
+    Percent(u32),
+}
+
+/// Applies the rate policies of the direction of change (HPA v2: limits
+/// count from the replicas at the start of each policy's period).
+pub(super) fn rate_limit(
+    spec: &ScalerSpec,
+    state: &PolicyState,
+    current: u32,
+    target: u32,
+    now: f64,
+) -> u32 {
+    let up = target > current;
+    let behavior = if up { &spec.scale_up } else { &spec.scale_down };
+    if target == current {
+        return current;
+    }
+    if behavior.select == Select::Disabled {
+        return current;
+    }
+    if behavior.policies.is_empty() {
+        return target;
+    }
+    let bounds = behavior.policies.iter().map(|policy| {
+        let (period, step_of) = match *policy {
+            RatePolicy::Pods {
+                value,
+                period_seconds,
+            } => (period_seconds, Step::Pods(value)),
+            RatePolicy::Percent {
+                value,
+                period_seconds,
+            } => (period_seconds, Step::Percent(value)),
+        };
+        let changed_in_period: i64 = state
+            .scale_events
+            .iter()
+            .filter(|(t, _)| now - t < period)
+            .map(|(_, delta)| *delta)
+            .sum();
+        let start = (i64::from(current) - changed_in_period).max(0) as f64;
+        let step = match step_of {
+            Step::Pods(value) => f64::from(value),
+            Step::Percent(value) => (start * f64::from(value) / 100.0).ceil(),
+        };
+        if up {
+            // From zero a percentage allows nothing: allow one replica.
+            (start + step.max(1.0)) as u32
+        } else {
+            (start - step).max(0.0) as u32
+        }
+    });
+    let bound = match (behavior.select, up) {
+        (Select::Max, true) | (Select::Min, false) => bounds.max(),
+        (Select::Min, true) | (Select::Max, false) => bounds.min(),
+        (Select::Disabled, _) => unreachable!("handled above"),
+    }
+    .unwrap_or(target);
+    if up {
+        target.min(bound)
+    } else {
+        target.max(bound)
+    }
+}
