@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use osmosis_autoscaler::estimate::{EstimatorConfig, OffsetReset};
 use osmosis_autoscaler::policy::{Behavior, RatePolicy, ScalerSpec, Select};
 use osmosis_autoscaler::pool::{self, LocalConfig};
+use osmosis_support::{LogArgs, shutdown_signal};
 
 #[derive(Parser)]
 #[command(
@@ -17,9 +18,8 @@ use osmosis_autoscaler::pool::{self, LocalConfig};
     about = "Scales channel workers on their backlog and arrival rate"
 )]
 struct Cli {
-    /// Log JSON lines instead of text.
-    #[arg(long, global = true, env = "OSMOSIS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -113,26 +113,6 @@ struct LocalArgs {
     command: Vec<String>,
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate.recv() => {},
-    }
-}
-
 /// Waits for the Lease, runs the controller while leading, releases the
 /// Lease on shutdown so that another replica takes over at once. Losing the
 /// Lease ends the process with an error: its supervisor restarts it as a
@@ -142,7 +122,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
     let metrics = std::sync::Arc::new(osmosis_autoscaler::metrics::Metrics::default());
-    let addr = osmosis_autoscaler::metrics::serve(args.listen, metrics.clone())
+    let addr = osmosis_support::ops::serve(args.listen, metrics.clone())
         .await
         .with_context(|| format!("serving metrics on {}", args.listen))?;
     tracing::info!(%addr, "listening");
@@ -203,7 +183,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format == "json");
+    cli.log.init();
     match cli.command {
         Command::Controller(args) => run_controller(args).await?,
         Command::Local(args) => {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use osmosis_support::kafka::ClientSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
@@ -46,14 +46,11 @@ impl Probe {
         topic: &str,
         group: &str,
     ) -> Result<Self, MeasureError> {
-        let mut config = ClientConfig::new();
-        for (name, value) in properties {
-            config.set(name, value);
-        }
-        config
-            .set("bootstrap.servers", brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false");
+        // In the group's name to read its committed offsets; never joins it.
+        let config = ClientSettings::new(brokers)
+            .user(properties.iter().map(|(k, v)| (k, v)))
+            .fixed(&[("group.id", group), ("enable.auto.commit", "false")])
+            .build();
         Ok(Self {
             topic: topic.to_owned(),
             group: group.to_owned(),

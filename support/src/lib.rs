@@ -8,12 +8,15 @@
 //!   conversion between protocol header pairs and Kafka record headers, and
 //!   the client context that logs librdkafka's own errors.
 //! - [`metrics`]: registering metrics in place and rendering a registry.
+//! - [`ops`]: `/metrics`, `/healthz`, `/readyz` for processes without a
+//!   router of their own.
 //!
 //! It knows nothing of channels, routes or replies: the wire contract lives
 //! in `osmosis-protocol`, and each component's behaviour in its own crate.
 
 pub mod kafka;
 pub mod metrics;
+pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
 

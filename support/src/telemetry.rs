@@ -13,11 +13,12 @@ pub enum LogFormat {
 }
 
 /// The `--log-format` flag (or `OSMOSIS_LOG_FORMAT`) every binary takes:
-/// flatten it into the binary's arguments and call [`LogArgs::init`].
+/// flatten it into the binary's arguments and call [`LogArgs::init`]. It is
+/// global, so a binary with subcommands takes it after any of them.
 #[derive(Clone, Copy, Debug, Default, clap::Args)]
 pub struct LogArgs {
     /// Log format: human-readable text, or JSON lines for log collectors.
-    #[arg(long, env = "OSMOSIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "OSMOSIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 

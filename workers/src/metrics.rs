@@ -1,14 +1,8 @@
-//! The worker's Prometheus metrics (prefix `osmosis_worker_`) and the small
-//! HTTP server for `/metrics` and `/healthz`.
+//! The worker's Prometheus metrics (prefix `osmosis_worker_`), served with
+//! `/healthz` by [`osmosis_support::ops`].
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use axum::Router;
-use axum::extract::State;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use osmosis_support::metrics::RegisterMetric;
+use osmosis_support::ops::Health;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -98,31 +92,8 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the process ends.
-pub(crate) async fn serve(
-    listen: SocketAddr,
-    metrics: Arc<Metrics>,
-) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(render))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(metrics);
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::warn!(%error, "metrics server stopped");
-        }
-    });
-    Ok(addr)
-}
-
-async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            http::header::CONTENT_TYPE,
-            osmosis_support::metrics::CONTENT_TYPE,
-        )],
-        metrics.render(),
-    )
+impl Health for Metrics {
+    fn metrics(&self) -> String {
+        self.render()
+    }
 }

@@ -35,7 +35,7 @@ pub async fn run<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::default());
-    let metrics_addr = crate::metrics::serve(config.metrics_listen, metrics.clone())
+    let metrics_addr = osmosis_support::ops::serve(config.metrics_listen, metrics.clone())
         .await
         .map_err(|source| Error::Metrics {
             addr: config.metrics_listen,
