@@ -29,6 +29,8 @@ START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
 
 log() { echo "kafka.sh: $*" >&2; }
 
+. "$(dirname "$0")/lib.sh"
+
 fetch() {
   if [ -f "$LIBS_DIR/.complete" ]; then
     return 0
@@ -184,10 +186,7 @@ down() {
 }
 
 logs() {
-  for f in "$STATE_DIR/logs/stdout.log" "$LOG_FILE"; do
-    [ -f "$f" ] && { echo "==> $f <=="; tail -n 200 "$f"; }
-  done
-  return 0
+  print_logs 200 "$STATE_DIR/logs/stdout.log" "$LOG_FILE"
 }
 
 case "${1:-}" in

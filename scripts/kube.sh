@@ -181,10 +181,7 @@ down() {
 }
 
 logs() {
-  for f in "$STATE_DIR/logs/etcd.log" "$STATE_DIR/logs/kube-apiserver.log"; do
-    [ -f "$f" ] && { echo "==> $f <=="; tail -n 100 "$f"; }
-  done
-  return 0
+  print_logs 100 "$STATE_DIR/logs/etcd.log" "$STATE_DIR/logs/kube-apiserver.log"
 }
 
 case "${1:-}" in

@@ -8,14 +8,12 @@ use osmosis_worker::{Reply, Request, WorkerConfig};
 struct Args {
     #[command(flatten)]
     worker: WorkerConfig,
-    #[command(flatten)]
-    log: osmosis_worker::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    args.log.init();
+    args.worker.log.init();
     let echo = |request: Request| async move {
         let mut reply = Reply::ok(request.body.clone());
         if let Some(content_type) = request.content_type() {

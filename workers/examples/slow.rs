@@ -20,14 +20,12 @@ struct Args {
     /// Fail every message (to exercise retries and the dead-letter topic).
     #[arg(long, env = "OSMOSIS_SLOW_FAIL")]
     fail: bool,
-    #[command(flatten)]
-    log: osmosis_worker::LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    args.log.init();
+    args.worker.log.init();
     let work = Duration::from_millis(args.work_ms);
     let steps = args.progress_steps;
     let fail = args.fail;

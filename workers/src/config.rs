@@ -56,6 +56,9 @@ pub struct WorkerConfig {
     /// letters only (e.g. `compression.type=lz4`).
     #[arg(long = "producer-property", env = "OSMOSIS_WORKER_PRODUCER_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
     pub producer_properties: Vec<(String, String)>,
+    /// Logging of the worker process: call `log.init()` first thing.
+    #[command(flatten)]
+    pub log: osmosis_support::LogArgs,
 }
 
 /// A `--*-property` value without a name and an `=`; clap shows it with
@@ -87,6 +90,7 @@ impl WorkerConfig {
             kafka_properties: Vec::new(),
             consumer_properties: Vec::new(),
             producer_properties: Vec::new(),
+            log: osmosis_support::LogArgs::default(),
         }
     }
 

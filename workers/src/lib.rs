@@ -32,7 +32,7 @@
 //! #[tokio::main]
 //! async fn main() -> anyhow::Result<()> {
 //!     let args = Args::parse();
-//!     osmosis_worker::init_logging(osmosis_worker::LogFormat::Text);
+//!     args.worker.log.init();
 //!     let shout = |request: Request| async move {
 //!         let text = std::str::from_utf8(&request.body)
 //!             .map_err(|_| HandlerError::permanent("not UTF-8").with_status(400))?;

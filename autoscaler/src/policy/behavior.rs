@@ -59,24 +59,20 @@ pub(super) fn stabilize(
     {
         state.recommendations.pop_front();
     }
+    // The recommendations within a direction's stabilization window.
+    let within = |seconds: f64| {
+        state
+            .recommendations
+            .iter()
+            .filter(move |(t, _)| now - t <= seconds)
+            .map(|(_, r)| *r)
+    };
     if desired > current {
-        let lowest = state
-            .recommendations
-            .iter()
-            .filter(|(t, _)| now - t <= spec.scale_up.stabilization_seconds)
-            .map(|(_, r)| *r)
-            .min()
-            .unwrap_or(desired);
-        lowest.max(current)
+        let lowest = within(spec.scale_up.stabilization_seconds).min();
+        lowest.unwrap_or(desired).max(current)
     } else if desired < current {
-        let highest = state
-            .recommendations
-            .iter()
-            .filter(|(t, _)| now - t <= spec.scale_down.stabilization_seconds)
-            .map(|(_, r)| *r)
-            .max()
-            .unwrap_or(desired);
-        highest.min(current)
+        let highest = within(spec.scale_down.stabilization_seconds).max();
+        highest.unwrap_or(desired).min(current)
     } else {
         desired
     }

@@ -24,8 +24,6 @@ struct Args {
     /// Longest time one upstream call may take.
     #[arg(long, env = "OSMOSIS_HTTP_WORKER_TIMEOUT_MS", default_value_t = 30_000)]
     timeout_ms: u64,
-    #[command(flatten)]
-    log: osmosis_worker::LogArgs,
 }
 
 /// Response headers that describe the hop, not the reply.
@@ -110,7 +108,7 @@ async fn forward(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    args.log.init();
+    args.worker.log.init();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(args.timeout_ms))
         .build()
