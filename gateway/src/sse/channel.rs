@@ -22,6 +22,9 @@ pub struct ChannelStream {
     pub format: RecordFormat,
 }
 
+/// The subscription's frames. One generator of ~90 lines on purpose: the
+/// catch-up and the live phase share the cursor (the subscriber's position
+/// vector), and a frame can only be yielded from inside the generator.
 pub fn channel_stream(context: &StreamContext, subscription: ChannelStream) -> Response {
     let ChannelStream {
         open,
