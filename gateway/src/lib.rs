@@ -51,6 +51,7 @@ use tokio::net::TcpListener;
 use rdkafka::error::KafkaError;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::replies::{RepliesError, ReplyHub};
 use crate::server::AppState;
 use crate::subscriptions::Subscriptions;
@@ -94,17 +95,29 @@ pub async fn run(
         config.kafka.metadata_timeout(),
     )
     .await?;
+    for deprecation in config.replies.deprecations() {
+        tracing::warn!("{deprecation}");
+    }
     let writer: Arc<dyn RecordWriter> = Arc::new(kafka.clone());
+    let metrics = Arc::new(Metrics::default());
     let replies = if config.has_request_routes() {
-        Some(ReplyHub::start(&config.kafka, &config.replies, Arc::clone(&writer)).await?)
+        Some(
+            ReplyHub::start(
+                &config.kafka,
+                &config.replies,
+                Arc::clone(&writer),
+                &metrics,
+            )
+            .await?,
+        )
     } else {
         None
     };
 
     let retry_after =
         Duration::from_millis(config.kafka.produce_timeout_ms).max(Duration::from_secs(1));
-    let mut state = AppState::new(writer, retry_after, &config.sse);
-    state.replies = replies;
+    let mut state = AppState::new(writer, metrics, retry_after, &config.sse);
+    state.replies = replies.clone();
     state.subscribable = Arc::new(
         config
             .channels
@@ -147,6 +160,9 @@ pub async fn run(
         () = drain_deadline => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
     }
     kafka.flush(grace).await;
+    if let Some(replies) = replies {
+        replies.leave().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub sse_events: Family<StreamLabels, Counter>,
     pub sse_slow_disconnects: Counter,
     pub sse_catch_up_reads: Counter,
+    pub reply_partitions_owned: Gauge,
+    pub reply_rebalances: Counter,
 }
 
 impl Default for Metrics {
@@ -108,6 +110,16 @@ impl Default for Metrics {
             sse_catch_up_reads: registry.add(
                 "sse_catch_up_reads",
                 "Subscriptions that read their catch-up from Kafka before joining the live feed",
+                Counter::default(),
+            ),
+            reply_partitions_owned: registry.add(
+                "reply_partitions_owned",
+                "Reply partitions this gateway consumes (group membership)",
+                Gauge::default(),
+            ),
+            reply_rebalances: registry.add(
+                "reply_rebalances",
+                "Changes of this gateway's reply partitions (assigned or revoked)",
                 Counter::default(),
             ),
             registry,

@@ -58,15 +58,11 @@ impl Topics {
         )
     }
 
-    /// Instances 0 and 1 of two, each owning half of the reply partitions.
+    /// Two gateways of one fleet: group membership gives each a share of
+    /// the reply partitions.
     fn two_instances(&self) -> (Gateway, Gateway) {
-        let first = self.gateway(", instance: 0, instances: 2");
-        let second = Gateway::start(&yaml(
-            &self.channel,
-            &self.replies,
-            &self.feed,
-            ", instance: 1, instances: 2",
-        ));
+        let first = self.gateway("");
+        let second = Gateway::start(&yaml(&self.channel, &self.replies, &self.feed, ""));
         (first, second)
     }
 }

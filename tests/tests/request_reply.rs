@@ -258,11 +258,8 @@ async fn a_slow_reply_is_found_at_its_location() {
 #[tokio::test]
 async fn another_gateway_instance_serves_the_reply() {
     let setup = Setup::new("rr.instances", 1).await;
-    let first = Gateway::start_with(
-        &setup.gateway_yaml("", ", instance: 0, instances: 2"),
-        &["--create-topics"],
-    );
-    let second = Gateway::start(&setup.gateway_yaml("", ", instance: 1, instances: 2"));
+    let first = Gateway::start_with(&setup.gateway_yaml("", ""), &["--create-topics"]);
+    let second = Gateway::start(&setup.gateway_yaml("", ""));
     let worker = setup.worker(SLOW, &["--work-ms", "1000"]);
     worker.wait_assigned();
     let http = client();

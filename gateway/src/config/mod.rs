@@ -86,11 +86,14 @@ pub struct ChannelConfig {
     pub subscribable: bool,
 }
 
-/// The reply topic and this instance's share of it.
+/// The reply topic and how gateways share it.
 ///
-/// Each gateway instance consumes its own reply partitions, so a reply goes
-/// straight to the instance holding the client: partition `p` belongs to the
-/// instance with `p % instances == instance`. Alone, an instance owns all.
+/// Each gateway consumes its own reply partitions, so a reply goes straight
+/// to the instance holding the client. Which partitions are whose is Kafka
+/// group membership: the gateways form one consumer group on the reply
+/// topic, so a fleet can grow, shrink or lose a member without any
+/// configuration change. The topic needs at least as many partitions as
+/// gateways; a gateway that gets none serves publish routes only.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepliesConfig {
@@ -98,15 +101,21 @@ pub struct RepliesConfig {
     #[serde(default = "default_replies_topic")]
     pub topic: String,
     /// Partition count, used by `--create-topics`: at least the number of
-    /// gateway instances.
+    /// gateways (more lets a fleet grow without a topic change).
     #[serde(default = "default_partitions")]
     pub partitions: i32,
-    /// This instance's ordinal, from 0 (e.g. a StatefulSet pod's ordinal).
+    /// The consumer group the gateways of one fleet share; default
+    /// `osmosis-gateway.<topic>`, so gateways sharing a reply topic share
+    /// its partitions.
     #[serde(default)]
-    pub instance: u32,
-    /// How many gateway instances share the reply topic.
-    #[serde(default = "default_instances")]
-    pub instances: u32,
+    pub group: Option<String>,
+    /// Deprecated and ignored: reply partitions follow group membership.
+    /// Accepted for one release so that old configurations still start.
+    #[serde(default)]
+    pub instance: Option<u32>,
+    /// Deprecated and ignored, like `instance`.
+    #[serde(default)]
+    pub instances: Option<u32>,
     /// Recent final replies kept in memory for `GET /v1/requests/{id}`.
     #[serde(default)]
     pub cache: ReplyCacheConfig,
@@ -120,8 +129,9 @@ impl Default for RepliesConfig {
         Self {
             topic: default_replies_topic(),
             partitions: default_partitions(),
-            instance: 0,
-            instances: default_instances(),
+            group: None,
+            instance: None,
+            instances: None,
             cache: ReplyCacheConfig::default(),
             lookup_max_records: default_lookup_max_records(),
         }
@@ -129,9 +139,23 @@ impl Default for RepliesConfig {
 }
 
 impl RepliesConfig {
-    /// Whether this instance consumes `partition`.
-    pub fn owns(&self, partition: i32) -> bool {
-        partition >= 0 && (partition as u32) % self.instances == self.instance
+    /// The fleet's consumer group on the reply topic.
+    pub fn group(&self) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("osmosis-gateway.{}", self.topic))
+    }
+
+    /// Warnings about settings that no longer do anything.
+    pub fn deprecations(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.instance.is_some() || self.instances.is_some() {
+            out.push(
+                "replies.instance and replies.instances are ignored: gateways share the reply \
+                 partitions by Kafka group membership (replies.group); remove them",
+            );
+        }
+        out
     }
 }
 
@@ -447,9 +471,6 @@ fn default_max_wait_ms() -> u64 {
 }
 fn default_replies_topic() -> String {
     "osmosis.replies".into()
-}
-fn default_instances() -> u32 {
-    1
 }
 fn default_lookup_max_records() -> u64 {
     100_000

@@ -67,19 +67,27 @@ fn durability_settings_cannot_be_overridden() {
 }
 
 #[test]
-fn instances_share_the_reply_partitions() {
+fn old_ordinal_settings_still_load_with_a_deprecation_warning() {
     let yaml = format!("{MINIMAL}\nreplies: {{ partitions: 6, instance: 1, instances: 3 }}\n");
     let config = Config::from_yaml(&yaml).unwrap();
-    let owned: Vec<i32> = (0..6).filter(|p| config.replies.owns(*p)).collect();
-    assert_eq!(owned, vec![1, 4]);
+    let warnings = config.replies.deprecations();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains("group membership"), "{}", warnings[0]);
+    assert!(
+        Config::from_yaml(MINIMAL)
+            .unwrap()
+            .replies
+            .deprecations()
+            .is_empty()
+    );
 }
 
 #[test]
-fn an_instance_needs_a_reply_partition_of_its_own() {
-    let yaml = format!("{MINIMAL}\nreplies: {{ partitions: 2, instance: 0, instances: 3 }}\n");
+fn the_reply_topic_needs_a_partition_and_the_fleet_a_group() {
+    let yaml = format!("{MINIMAL}\nreplies: {{ partitions: 0 }}\n");
     assert!(error_of(&yaml).starts_with("replies.partitions:"));
-    let yaml = format!("{MINIMAL}\nreplies: {{ partitions: 4, instance: 3, instances: 3 }}\n");
-    assert!(error_of(&yaml).starts_with("replies.instance:"));
+    let yaml = format!("{MINIMAL}\nreplies: {{ group: \"\" }}\n");
+    assert!(error_of(&yaml).starts_with("replies.group:"));
 }
 
 #[test]

@@ -77,20 +77,11 @@ impl Config {
         if replies.topic.is_empty() {
             return Err(invalid("replies.topic", "must not be empty"));
         }
-        if replies.instances == 0 || replies.instance >= replies.instances {
-            return Err(invalid(
-                "replies.instance",
-                format!(
-                    "must be below replies.instances ({}), counting from 0",
-                    replies.instances
-                ),
-            ));
+        if replies.partitions < 1 {
+            return Err(invalid("replies.partitions", "must be at least 1"));
         }
-        if replies.partitions < replies.instances as i32 {
-            return Err(invalid(
-                "replies.partitions",
-                "must be at least replies.instances: every instance needs a reply partition",
-            ));
+        if replies.group.as_deref() == Some("") {
+            return Err(invalid("replies.group", "must not be empty"));
         }
         if replies.partitions > MAX_REPLY_PARTITION + 1 {
             return Err(invalid(

@@ -13,15 +13,23 @@
 //! - [`event`]: one event as read from Kafka, and its decoder (a leaf).
 //! - [`lookup`]: the Kafka reads that find any request's events.
 //! - [`tails`]: one shared consumer per followed reply partition.
+//! - [`membership`]: which reply partitions this instance owns (Kafka group
+//!   membership), kept in step by the consumer's rebalance callback.
 //! - this file: the [`ReplyHub`] that ties them to waiting clients.
+//!
+//! When a rebalance moves a partition away while requests accepted here
+//! still wait on it, the hub goes on following that partition through the
+//! shared tails, from where its consumer stopped, until those requests
+//! finish: nobody's join or leave costs a waiting client its reply.
 
 pub mod event;
 pub mod lookup;
+pub mod membership;
 pub mod tails;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,16 +38,22 @@ use osmosis_protocol::{EventKind, ReplyAddress, ReplyEnvelope, RequestId};
 use osmosis_support::kafka::{ClientSettings, owned_header_pairs};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 pub use event::{FollowError, FollowReceiver, ReplyEvent};
 pub use lookup::Lookup;
 
 use crate::config::{KafkaConfig, RepliesConfig};
+use crate::metrics::Metrics;
 use crate::writer::{OutboundRecord, RecordWriter};
 use lookup::ReplyLog;
+use membership::{Change, MembershipContext, Ownership};
 use tails::PartitionTails;
+
+/// How long start-up waits for the group to assign this instance a reply
+/// partition before it serves anyway (publish routes only, not ready).
+const FIRST_ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A request waiting on this instance for its events.
 struct Waiter {
@@ -56,15 +70,6 @@ pub enum RepliesError {
         #[source]
         source: KafkaError,
     },
-    #[error(
-        "reply topic {topic:?} has {partitions} partitions; instance {instance} of {instances} owns none"
-    )]
-    NoPartition {
-        topic: String,
-        partitions: usize,
-        instance: u32,
-        instances: u32,
-    },
     #[error("looking up the reply failed: {0}")]
     Lookup(#[from] KafkaError),
 }
@@ -72,9 +77,17 @@ pub enum RepliesError {
 /// The reply side of the gateway.
 pub struct ReplyHub {
     topic: String,
-    /// Reply partitions this instance consumes, handed out round-robin.
-    owned: Vec<i32>,
-    next: AtomicUsize,
+    /// Reply partitions this instance consumes, as group membership has it.
+    ownership: Arc<Ownership>,
+    /// Partitions given away that the hub still follows for its waiters,
+    /// each with the offset where this instance's consumer took over again
+    /// (`i64::MAX` while it has not).
+    following_released: Mutex<HashMap<i32, Arc<AtomicI64>>>,
+    /// Cancelled to leave the group: the consumer closes, and the fleet's
+    /// other members take the partitions at once.
+    leaving: CancellationToken,
+    /// Resolves once the consumer has closed.
+    left: tokio::sync::Notify,
     /// Requests accepted here whose final reply has not arrived.
     waiting: Mutex<HashMap<RequestId, Waiter>>,
     /// Final replies seen recently, bounded in entries, bytes and age.
@@ -96,30 +109,43 @@ impl ReplyHub {
         kafka: &KafkaConfig,
         replies: &RepliesConfig,
         writer: Arc<dyn RecordWriter>,
+        metrics: &Metrics,
     ) -> Result<Arc<Self>, RepliesError> {
+        let group = replies.group();
         let client_config = ClientSettings::new(&kafka.brokers)
+            // A member that dies is replaced within seconds, not minutes;
+            // heartbeats often enough that a join is noticed within one.
+            .defaults(&[
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+            ])
             .user(&kafka.properties)
             .fixed(&[
-                ("group.id", "osmosis-gateway-replies"),
+                ("group.id", &group),
+                ("partition.assignment.strategy", "cooperative-sticky"),
                 ("enable.auto.commit", "false"),
                 ("enable.partition.eof", "false"),
                 ("fetch.wait.max.ms", "10"),
             ])
             .build();
+        let (ownership, changes) = Ownership::new(
+            replies.topic.clone(),
+            kafka.metadata_timeout(),
+            metrics.reply_partitions_owned.clone(),
+            metrics.reply_rebalances.clone(),
+        );
         let consumer_error = |source| RepliesError::Consumer {
             topic: replies.topic.clone(),
             source,
         };
-        let consumer: StreamConsumer = client_config.create().map_err(consumer_error)?;
-        let owned = own_partitions(&consumer, replies, kafka.metadata_timeout())?;
-        let mut assignment = TopicPartitionList::new();
-        for partition in &owned {
-            assignment
-                .add_partition_offset(&replies.topic, *partition, Offset::End)
-                .map_err(consumer_error)?;
-        }
-        consumer.assign(&assignment).map_err(consumer_error)?;
-        tracing::info!(topic = %replies.topic, partitions = ?owned, "consuming reply partitions");
+        let consumer: StreamConsumer<MembershipContext> = client_config
+            .create_with_context(MembershipContext {
+                ownership: Arc::clone(&ownership),
+            })
+            .map_err(consumer_error)?;
+        consumer
+            .subscribe(&[&replies.topic])
+            .map_err(consumer_error)?;
 
         let cache = &replies.cache;
         // Every entry weighs at least max_bytes / max_entries, so the byte
@@ -127,8 +153,10 @@ impl ReplyHub {
         let floor = (cache.max_bytes / cache.max_entries).max(1);
         let hub = Arc::new(Self {
             topic: replies.topic.clone(),
-            owned,
-            next: AtomicUsize::new(0),
+            ownership: Arc::clone(&ownership),
+            following_released: Mutex::new(HashMap::new()),
+            leaving: CancellationToken::new(),
+            left: tokio::sync::Notify::new(),
             waiting: Mutex::new(HashMap::new()),
             recent: Cache::builder()
                 .max_capacity(cache.max_bytes)
@@ -148,29 +176,59 @@ impl ReplyHub {
             tails: PartitionTails::new(replies.topic.clone(), client_config),
         });
         tokio::spawn(consume(Arc::clone(&hub), consumer));
+        tokio::spawn(follow_membership(Arc::downgrade(&hub), changes));
         tokio::spawn(sweep(Arc::downgrade(&hub)));
+        if !ownership.first_assignment(FIRST_ASSIGNMENT_TIMEOUT).await {
+            tracing::warn!(
+                topic = %replies.topic,
+                %group,
+                "this gateway owns no reply partition: request routes answer 503 and /readyz is not ready until one is assigned; the reply topic needs at least as many partitions as gateways"
+            );
+        }
         Ok(hub)
     }
 
+    /// The reply partitions this instance owns now.
+    pub fn owned_partitions(&self) -> Vec<i32> {
+        self.ownership.owned()
+    }
+
+    /// Leaves the reply group (after in-flight requests finished), so that
+    /// the other gateways take this instance's partitions at once.
+    pub async fn leave(&self) {
+        let left = self.left.notified();
+        self.leaving.cancel();
+        left.await;
+    }
+
     /// Where the next request's reply goes: one of this instance's
-    /// partitions, round-robin.
-    pub fn next_address(&self) -> ReplyAddress {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        ReplyAddress {
+    /// partitions, round-robin; `None` while it owns none.
+    pub fn next_address(&self) -> Option<ReplyAddress> {
+        Some(ReplyAddress {
             topic: self.topic.clone(),
-            partition: self.owned[i % self.owned.len()],
-        }
+            partition: self.ownership.next_partition()?,
+        })
     }
 
     /// Registers a request before it is written, so that no reply can
     /// arrive unseen; returns the receiver of its events.
-    pub fn wait_for(&self, id: RequestId) -> broadcast::Receiver<Arc<ReplyEvent>> {
-        let mut waiting = self.waiting.lock().unwrap();
-        let waiter = waiting.entry(id).or_insert_with(|| Waiter {
-            events: broadcast::channel(64).0,
-            since: Instant::now(),
-        });
-        waiter.events.subscribe()
+    pub fn wait_for(self: &Arc<Self>, id: RequestId) -> broadcast::Receiver<Arc<ReplyEvent>> {
+        let events = {
+            let mut waiting = self.waiting.lock().unwrap();
+            let waiter = waiting.entry(id).or_insert_with(|| Waiter {
+                events: broadcast::channel(64).0,
+                since: Instant::now(),
+            });
+            waiter.events.subscribe()
+        };
+        // The partition may have moved away between naming it and now.
+        if let Some(partition) = id.reply_partition()
+            && !self.ownership.owns(partition)
+            && let Some(from) = self.ownership.released_at(partition)
+        {
+            self.follow_released(partition, from);
+        }
+        events
     }
 
     /// Forgets a request that was never written.
@@ -257,7 +315,7 @@ impl ReplyHub {
             };
             let following = start.and_then(|start| {
                 tails
-                    .follow(partition, id.to_string(), start, limit, tx.clone())
+                    .follow(partition, Some(id.to_string()), start, limit, tx.clone())
                     .map_err(FollowError::from)
             });
             if let Err(error) = following {
@@ -267,10 +325,95 @@ impl ReplyHub {
         rx
     }
 
+    /// Whether a request accepted here still waits for a reply on `partition`.
+    fn has_waiters_on(&self, partition: i32) -> bool {
+        self.waiting
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|id| id.reply_partition() == Some(partition))
+    }
+
+    /// Follows a partition this instance gave away, from `from`, for the
+    /// requests still waiting here (once per partition at a time).
+    fn follow_released(self: &Arc<Self>, partition: i32, from: i64) {
+        let stop_at = {
+            let mut following = self.following_released.lock().unwrap();
+            if following.contains_key(&partition) {
+                return;
+            }
+            let stop_at = Arc::new(AtomicI64::new(i64::MAX));
+            following.insert(partition, Arc::clone(&stop_at));
+            stop_at
+        };
+        tracing::info!(
+            partition,
+            from,
+            "following a reply partition given away, for the requests still waiting here"
+        );
+        tokio::spawn(Arc::clone(self).deliver_released(partition, from, stop_at));
+    }
+
+    /// Delivers a released partition's events through the shared tail until
+    /// no request waits on it here, or this instance's consumer reads it
+    /// again from `stop_at` on.
+    async fn deliver_released(
+        self: Arc<Self>,
+        partition: i32,
+        mut next: i64,
+        stop_at: Arc<AtomicI64>,
+    ) {
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        let done =
+            |next: i64| next >= stop_at.load(Ordering::Relaxed) || !self.has_waiters_on(partition);
+        'follow: while !done(next) {
+            let mut events = self.follow_partition(partition, next);
+            loop {
+                let received = tokio::select! {
+                    received = events.recv() => received,
+                    _ = check.tick() => {
+                        if done(next) {
+                            break 'follow;
+                        }
+                        continue;
+                    }
+                };
+                match received {
+                    Some(Ok(event)) if event.offset < stop_at.load(Ordering::Relaxed) => {
+                        next = event.offset + 1;
+                        self.deliver(event);
+                    }
+                    Some(Ok(_)) => break 'follow,
+                    Some(Err(error)) => {
+                        tracing::warn!(partition, %error, "following a released reply partition failed; again in a second");
+                        check.tick().await;
+                        continue 'follow;
+                    }
+                    // The tail let go (a slow hand-over or its time limit):
+                    // follow again from the next offset.
+                    None => continue 'follow,
+                }
+            }
+        }
+        self.following_released.lock().unwrap().remove(&partition);
+        tracing::info!(partition, "stopped following a reply partition given away");
+    }
+
+    /// Every event of `partition` from `start` on, through the shared tail.
+    fn follow_partition(&self, partition: i32, start: i64) -> FollowReceiver {
+        let (tx, rx) = mpsc::channel(1024);
+        let (tails, limit) = (Arc::clone(&self.tails), self.pending_ttl);
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = tails.follow(partition, None, start, limit, tx.clone()) {
+                let _ = tx.blocking_send(Err(error.into()));
+            }
+        });
+        rx
+    }
+
     /// Hands a consumed event to its waiter and remembers final replies.
-    fn deliver(&self, event: ReplyEvent) {
+    fn deliver(&self, event: Arc<ReplyEvent>) {
         let id = event.envelope.id;
-        let event = Arc::new(event);
         match event.envelope.kind {
             EventKind::Final => {
                 if self.recent.contains_key(&id) {
@@ -292,46 +435,55 @@ impl ReplyHub {
     }
 }
 
-/// The reply partitions this instance owns, from the topic's metadata.
-fn own_partitions(
-    consumer: &StreamConsumer,
-    replies: &RepliesConfig,
-    metadata_timeout: Duration,
-) -> Result<Vec<i32>, RepliesError> {
-    let metadata = consumer
-        .fetch_metadata(Some(&replies.topic), metadata_timeout)
-        .map_err(|source| RepliesError::Consumer {
-            topic: replies.topic.clone(),
-            source,
-        })?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    let owned: Vec<i32> = (0..partitions as i32)
-        .filter(|p| replies.owns(*p))
-        .collect();
-    if owned.is_empty() {
-        return Err(RepliesError::NoPartition {
-            topic: replies.topic.clone(),
-            partitions,
-            instance: replies.instance,
-            instances: replies.instances,
-        });
-    }
-    Ok(owned)
-}
-
-async fn consume(hub: Arc<ReplyHub>, consumer: StreamConsumer) {
+/// This instance's reply consumer: events to their waiters, until the hub
+/// leaves the group.
+async fn consume(hub: Arc<ReplyHub>, consumer: StreamConsumer<MembershipContext>) {
     loop {
-        match consumer.recv().await {
+        let received = tokio::select! {
+            () = hub.leaving.cancelled() => break,
+            received = consumer.recv() => received,
+        };
+        match received {
             Ok(message) => {
                 if let Some(event) = ReplyEvent::decode(&message) {
-                    hub.deliver(event);
+                    hub.deliver(Arc::new(event));
                 }
             }
             Err(error) => tracing::warn!(%error, "reply consumer error"),
+        }
+    }
+    // Closing leaves the group (its partitions move to the others at once)
+    // and waits for librdkafka's threads: off the async workers.
+    let closed = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    if closed.is_err() {
+        tracing::warn!("the reply consumer did not close cleanly");
+    }
+    tracing::info!("left the reply group");
+    hub.left.notify_waiters();
+}
+
+/// Acts on membership changes: a partition given away while requests wait
+/// on it is followed on; one taken back ends that following where this
+/// instance's consumer starts again.
+async fn follow_membership(hub: Weak<ReplyHub>, mut changes: mpsc::UnboundedReceiver<Change>) {
+    while let Some(change) = changes.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
+        match change {
+            Change::Revoked(released) => {
+                for (partition, from) in released {
+                    if from >= 0 && hub.has_waiters_on(partition) {
+                        hub.follow_released(partition, from);
+                    }
+                }
+            }
+            Change::Assigned(assigned) => {
+                let following = hub.following_released.lock().unwrap();
+                for (partition, from) in assigned {
+                    if let Some(stop_at) = following.get(&partition) {
+                        stop_at.store(from.max(0), Ordering::Relaxed);
+                    }
+                }
+            }
         }
     }
 }

@@ -43,10 +43,11 @@ struct PartitionTail {
     wake: Arc<Notify>,
 }
 
-/// One request stream following its request's events.
+/// One request stream following its request's events, or the hub
+/// following a whole partition it gave away (see [`super::ReplyHub`]).
 struct Follower {
-    /// The record key of the request: its id.
-    key: String,
+    /// The record key of the request (its id); `None`: every record.
+    key: Option<String>,
     /// The next offset this follower is due: older records were sent to it
     /// or predate what it asked for.
     next: i64,
@@ -60,14 +61,15 @@ struct Follower {
 impl Follower {
     /// Offers the record at `offset`; false when the follower is done.
     fn offer(&mut self, key: &[u8], offset: i64, event: &Arc<ReplyEvent>) -> bool {
-        if self.rewinding || offset < self.next || key != self.key.as_bytes() {
+        let mine = self.key.as_ref().is_none_or(|own| key == own.as_bytes());
+        if self.rewinding || offset < self.next || !mine {
             return true;
         }
         self.next = offset + 1;
         // A full channel is a client that stopped reading: it can resume
-        // with Last-Event-ID.
+        // with Last-Event-ID (the hub re-follows from its last offset).
         self.events.try_send(Ok(Arc::clone(event))).is_ok()
-            && event.envelope.kind != EventKind::Final
+            && (self.key.is_none() || event.envelope.kind != EventKind::Final)
     }
 }
 
@@ -118,14 +120,14 @@ impl PartitionTails {
         })
     }
 
-    /// Streams the events of the request keyed `key` on `partition` to
-    /// `events`, from offset `start` on, until its final event, `limit`, or
-    /// the receiver going away. Blocking (it may create a Kafka client):
-    /// call it from a blocking task.
+    /// Streams the events of the request keyed `key` (every event, with
+    /// `None`) on `partition` to `events`, from offset `start` on, until its
+    /// final event, `limit`, or the receiver going away. Blocking (it may
+    /// create a Kafka client): call it from a blocking task.
     pub fn follow(
         self: &Arc<Self>,
         partition: i32,
-        key: String,
+        key: Option<String>,
         start: i64,
         limit: Duration,
         events: FollowSender,
@@ -300,7 +302,7 @@ mod tests {
     fn follower(id: RequestId, next: i64) -> (Follower, FollowReceiver) {
         let (tx, rx) = mpsc::channel(FOLLOWER_BUFFER);
         let follower = Follower {
-            key: id.to_string(),
+            key: Some(id.to_string()),
             next,
             rewinding: false,
             deadline: Instant::now() + Duration::from_secs(60),
@@ -411,6 +413,21 @@ mod tests {
             vec![10],
             "no repeat after the rewind"
         );
+    }
+
+    #[test]
+    fn a_partition_follower_gets_every_request_and_outlives_final_replies() {
+        let (first, second) = (RequestId::new(Some(0)), RequestId::new(Some(0)));
+        let (mut whole, mut rx) = follower(first, 2);
+        whole.key = None;
+        for (offset, id) in [(1, first), (2, first), (3, second)] {
+            assert!(whole.offer(
+                id.to_string().as_bytes(),
+                offset,
+                &event(id, EventKind::Final, offset)
+            ));
+        }
+        assert_eq!(offsets(&mut rx), vec![2, 3]);
     }
 
     #[test]

@@ -68,8 +68,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(writer: Arc<dyn RecordWriter>, retry_after: Duration, sse: &SseConfig) -> Self {
-        let metrics = Arc::new(Metrics::default());
+    pub fn new(
+        writer: Arc<dyn RecordWriter>,
+        metrics: Arc<Metrics>,
+        retry_after: Duration,
+        sse: &SseConfig,
+    ) -> Self {
         let shutdown = CancellationToken::new();
         Self {
             writer,

@@ -31,6 +31,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, Problem>
     if state.shutdown.is_cancelled() {
         return Err(Problem::ShuttingDown);
     }
+    if let Some(hub) = &state.replies
+        && hub.owned_partitions().is_empty()
+    {
+        return Err(Problem::Unavailable {
+            reason: "this gateway owns no reply partition yet".into(),
+            retry_after: state.retry_after,
+        });
+    }
     match state.writer.ready().await {
         Ok(()) => Ok(Json(serde_json::json!({ "status": "ready" })).into_response()),
         Err(unreachable) => Err(Problem::Unavailable {

@@ -40,7 +40,12 @@ pub(super) async fn send_and_wait(
         .replies
         .clone()
         .expect("the reply hub runs whenever a route is in request mode");
-    let reply_to = hub.next_address();
+    let Some(reply_to) = hub.next_address() else {
+        return Err(Problem::Unavailable {
+            reason: "this gateway owns no reply partition yet (more gateways than reply partitions, or a rebalance in progress)".into(),
+            retry_after: state.retry_after,
+        });
+    };
     let request = RequestRecord::build(route, head, body, Some(reply_to.clone()))?;
     let id = request.id;
     let open = if sse::wants_event_stream(&head.headers) {

@@ -68,6 +68,7 @@ fn setup(writer: MemoryWriter) -> (Router, Arc<MemoryWriter>, AppState) {
     let writer = Arc::new(writer);
     let state = AppState::new(
         writer.clone(),
+        Arc::default(),
         Duration::from_secs(3),
         &SseConfig::default(),
     );
