@@ -24,6 +24,11 @@ impl EventStream {
             .await
             .expect("sending the stream request");
         assert_eq!(response.status(), reqwest::StatusCode::OK, "{:?}", response);
+        Self::from_response(response)
+    }
+
+    /// The stream of a 200 `text/event-stream` response.
+    pub fn from_response(response: reqwest::Response) -> Self {
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         let version = response.version();
         let events = response
@@ -33,6 +38,15 @@ impl EventStream {
         Self {
             events: Box::pin(events),
             version,
+        }
+    }
+
+    /// The next event, `None` when the stream ended, or why it broke (a
+    /// connection reset); panics after `timeout`.
+    pub async fn try_next(&mut self, timeout: Duration) -> Result<Option<Event>, String> {
+        match tokio::time::timeout(timeout, self.events.next()).await {
+            Ok(next) => next.transpose(),
+            Err(_) => panic!("no event within {timeout:?}"),
         }
     }
 

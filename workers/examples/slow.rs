@@ -20,6 +20,9 @@ struct Args {
     /// Fail every message (to exercise retries and the dead-letter topic).
     #[arg(long, env = "OSMOSIS_SLOW_FAIL")]
     fail: bool,
+    /// Reply with the request's own body (a slow echo) instead of a summary.
+    #[arg(long, env = "OSMOSIS_SLOW_ECHO")]
+    echo: bool,
 }
 
 #[tokio::main]
@@ -28,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     args.worker.log.init();
     let work = Duration::from_millis(args.work_ms);
     let steps = args.progress_steps;
-    let fail = args.fail;
+    let (fail, echo) = (args.fail, args.echo);
     let slow = move |request: Request| async move {
         let pieces = steps + 1;
         for step in 1..=steps {
@@ -39,6 +42,9 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(work / pieces).await;
         if fail {
             return Err(HandlerError::retryable("the slow worker was told to fail"));
+        }
+        if echo {
+            return Ok(Reply::ok(request.body.clone()));
         }
         let body = format!(
             r#"{{"worked_ms":{},"bytes":{}}}"#,

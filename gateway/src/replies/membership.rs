@@ -223,6 +223,10 @@ impl MembershipContext {
         consumer: &BaseConsumer<Self>,
         partitions: &mut TopicPartitionList,
     ) -> Result<(), KafkaError> {
+        if partitions.count() == 0 {
+            // A cooperative round that moves nothing here.
+            return incremental(consumer, partitions, true);
+        }
         // Blocking for one ListOffsets round trip: the callback runs while
         // the consumer is between assignments anyway.
         let ends = self
@@ -245,10 +249,7 @@ impl MembershipContext {
             };
             partitions.set_partition_offset(&self.ownership.topic, *partition, offset)?;
         }
-        match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_assign(partitions)?,
-            _ => consumer.assign(partitions)?,
-        }
+        incremental(consumer, partitions, true)?;
         self.ownership.record(Change::Assigned(assigned));
         Ok(())
     }
@@ -258,6 +259,9 @@ impl MembershipContext {
         consumer: &BaseConsumer<Self>,
         partitions: &mut TopicPartitionList,
     ) -> Result<(), KafkaError> {
+        if partitions.count() == 0 {
+            return incremental(consumer, partitions, false);
+        }
         let positions = consumer.position().unwrap_or_default();
         let mut released = Vec::new();
         for element in partitions.elements() {
@@ -279,12 +283,24 @@ impl MembershipContext {
             };
             released.push((partition, read_to.unwrap_or(-1)));
         }
-        match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_unassign(partitions)?,
-            _ => consumer.unassign()?,
-        }
+        incremental(consumer, partitions, false)?;
         self.ownership.record(Change::Revoked(released));
         Ok(())
+    }
+}
+
+/// Applies an assignment change the way the group's protocol wants it:
+/// incrementally (cooperative-sticky, what the gateway fixes), or whole.
+fn incremental(
+    consumer: &BaseConsumer<MembershipContext>,
+    partitions: &TopicPartitionList,
+    assign: bool,
+) -> Result<(), KafkaError> {
+    match (consumer.rebalance_protocol(), assign) {
+        (RebalanceProtocol::Cooperative, true) => consumer.incremental_assign(partitions),
+        (RebalanceProtocol::Cooperative, false) => consumer.incremental_unassign(partitions),
+        (_, true) => consumer.assign(partitions),
+        (_, false) => consumer.unassign(),
     }
 }
 
