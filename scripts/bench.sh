@@ -25,12 +25,16 @@ fi
 
 cargo build --release --workspace --bins --examples
 scripts/kafka.sh up
+# Benchmarks print the broker's version in their headers.
+export KAFKA_VERSION=${KAFKA_VERSION:-$(sed -n 's/^KAFKA_VERSION=${KAFKA_VERSION:-\(.*\)}$/\1/p' scripts/kafka.sh)}
 if [ $# -eq 0 ]; then
   target/release/osmosis-bench autoscale
   echo
   target/release/osmosis-bench reaction --brokers "127.0.0.1:$KAFKA_PORT"
   echo
   target/release/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT"
+  echo
+  target/release/osmosis-bench fleet --brokers "127.0.0.1:$KAFKA_PORT"
   echo
   # One gateway per protocol, so that neither run's memory colours the other's.
   target/release/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1

@@ -9,18 +9,16 @@
 //! process, light enough that the gateway rather than the client is what is
 //! measured on a 2-core machine) and by an in-process `reqwest` client.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hdrhistogram::Histogram;
+
+use crate::load::{closed_loop, open_loop};
 use osmosis_e2e::kafka;
 use osmosis_e2e::process::Gateway;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::sync::Mutex;
 
 #[derive(Parser)]
 pub struct IngestArgs {
@@ -39,110 +37,6 @@ pub struct IngestArgs {
     /// Partitions of the benchmark topic.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
-}
-
-/// One measured run.
-struct Sample {
-    records: u64,
-    errors: u64,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-}
-
-impl Sample {
-    fn rate(&self) -> f64 {
-        self.records as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn ms(&self, quantile: f64) -> f64 {
-        self.latency.value_at_quantile(quantile) as f64 / 1000.0
-    }
-}
-
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
-}
-
-/// Runs `concurrency` closed-loop workers calling `op` for `duration`.
-async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Sample
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let latency = Arc::new(Mutex::new(new_histogram()));
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (op, latency, errors, stop) =
-                (op.clone(), latency.clone(), errors.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut local = new_histogram();
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = Instant::now();
-                    if op().await {
-                        local.saturating_record(sent.elapsed().as_micros() as u64);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                latency.lock().await.add(local).expect("same bounds");
-            })
-        })
-        .collect();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.expect("worker panicked");
-    }
-    let elapsed = started.elapsed();
-    let latency = latency.lock().await.clone();
-    Sample {
-        records: latency.len(),
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latency,
-    }
-}
-
-/// Offers `rate` operations per second on a fixed schedule for `duration`;
-/// latency is measured from each operation's scheduled start.
-async fn open_loop<F, Fut>(rate: f64, duration: Duration, op: F) -> Sample
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
-{
-    let latency = Arc::new(std::sync::Mutex::new(new_histogram()));
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let started = Instant::now();
-    let total = (rate * duration.as_secs_f64()) as u64;
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let scheduled = started + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(scheduled.into()).await;
-        let (op, latency, errors) = (op.clone(), latency.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            if op().await {
-                let micros = scheduled.elapsed().as_micros() as u64;
-                latency.lock().unwrap().saturating_record(micros);
-            } else {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("request task panicked");
-    }
-    let elapsed = started.elapsed();
-    let latency = latency.lock().unwrap().clone();
-    Sample {
-        records: latency.len(),
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latency,
-    }
 }
 
 fn raw_producer(brokers: &str) -> anyhow::Result<FutureProducer> {

@@ -8,10 +8,14 @@
 //!   deterministic simulation (no broker needed).
 //! - `reaction`: the real local autoscaler's time from a step in arrivals to
 //!   its scale-up decision, with the surge watch and with polls only.
+//! - `fleet`: request-reply latency through a gateway fleet while a member
+//!   joins and while one leaves, against the steady state, in one run.
 
 mod autoscale;
 mod fanout;
+mod fleet;
 mod ingest;
+mod load;
 mod reaction;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +37,8 @@ enum Bench {
     Autoscale(autoscale::AutoscaleArgs),
     /// The local autoscaler's reaction to a step in arrivals, surge watch on and off.
     Reaction(reaction::ReactionArgs),
+    /// Request-reply latency through a gateway fleet during membership changes.
+    Fleet(fleet::FleetArgs),
 }
 
 #[tokio::main]
@@ -42,5 +48,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Fanout(args) => fanout::run(args).await,
         Bench::Autoscale(args) => autoscale::run(args),
         Bench::Reaction(args) => reaction::run(args).await,
+        Bench::Fleet(args) => fleet::run(args).await,
     }
 }
