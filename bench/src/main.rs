@@ -8,6 +8,8 @@
 //!   deterministic simulation (no broker needed).
 //! - `reaction`: the real local autoscaler's time from a step in arrivals to
 //!   its scale-up decision, with the surge watch and with polls only.
+//! - `reply`: the request-reply round trip through the gateway against
+//!   Kafka's own round trip with plain clients, at the same rates.
 //! - `fleet`: request-reply latency through a gateway fleet while a member
 //!   joins and while one leaves, against the steady state, in one run.
 
@@ -17,6 +19,7 @@ mod fleet;
 mod ingest;
 mod load;
 mod reaction;
+mod reply;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +40,8 @@ enum Bench {
     Autoscale(autoscale::AutoscaleArgs),
     /// The local autoscaler's reaction to a step in arrivals, surge watch on and off.
     Reaction(reaction::ReactionArgs),
+    /// Request-reply round trip: gateway vs raw Kafka, open-loop, same rates.
+    Reply(reply::ReplyArgs),
     /// Request-reply latency through a gateway fleet during membership changes.
     Fleet(fleet::FleetArgs),
 }
@@ -48,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Fanout(args) => fanout::run(args).await,
         Bench::Autoscale(args) => autoscale::run(args),
         Bench::Reaction(args) => reaction::run(args).await,
+        Bench::Reply(args) => reply::run(args).await,
         Bench::Fleet(args) => fleet::run(args).await,
     }
 }

@@ -9,13 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Yaml};
 use serde::Deserialize;
 
+mod load;
 mod validate;
 
 /// Prefix of the environment variables that override the file.
@@ -339,56 +337,6 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         field: field.into(),
         reason: reason.into(),
     }
-}
-
-impl Config {
-    /// Loads the file at `path` (if any), applies `OSMOSIS_*` overrides and
-    /// validates the result.
-    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::new();
-        if let Some(path) = path {
-            figment = figment.merge(Yaml::file_exact(path));
-        }
-        Self::from_figment(figment.merge(env_overrides()))
-    }
-
-    /// Parses a YAML document (no environment), for tests.
-    pub fn from_yaml(yaml: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(Figment::from(Yaml::string(yaml)))
-    }
-
-    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let config: Config = figment.extract().map_err(Box::new)?;
-        config.validate()?;
-        Ok(config)
-    }
-}
-
-fn env_overrides() -> Env {
-    // Only variables that name a setting: other OSMOSIS_* variables (the
-    // binary's own flags, test harness settings) are not configuration.
-    const SETTINGS: &[&str] = &[
-        "listen",
-        "shutdown_grace_ms",
-        "kafka__",
-        "channels__",
-        "replies__",
-        "sse__",
-    ];
-    Env::prefixed(ENV_PREFIX)
-        .filter(|key| {
-            let key = key.as_str().to_ascii_lowercase();
-            SETTINGS.iter().any(|setting| {
-                key == *setting || (setting.ends_with("__") && key.starts_with(setting))
-            })
-        })
-        .map(|key| {
-            let key = key.as_str().to_ascii_lowercase();
-            match key.strip_prefix("kafka__properties__") {
-                Some(property) => format!("kafka.properties.{}", property.replace('_', ".")).into(),
-                None => key.replace("__", ".").into(),
-            }
-        })
 }
 
 /// Accepts client properties as flat `name: value` pairs and also nested

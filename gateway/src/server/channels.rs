@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use osmosis_protocol::clock::unix_ms;
 
-use super::AppState;
+use super::state::AppState;
 use crate::problem::Problem;
 use crate::sse::{self, ChannelStream, RecordFormat, StreamKind};
 use crate::subscriptions::{Positions, StartAt, SubscriptionError};

@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use http::header;
 
-use super::AppState;
+use super::state::AppState;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::problem::Problem;
 

@@ -13,9 +13,9 @@ use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::response::Response;
 use axum::routing::{MethodFilter, MethodRouter};
 
-use super::AppState;
 use super::accepted::accepted_response;
 use super::requests;
+use super::state::AppState;
 use crate::config::{Config, Mode};
 use crate::problem::Problem;
 use crate::request_record::{CallHead, RequestRecord, read_body};

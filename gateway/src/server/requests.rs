@@ -15,9 +15,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use osmosis_protocol::{EventKind, RequestId};
 use tokio::sync::broadcast;
 
-use super::AppState;
 use super::accepted::{Accepted, REQUEST_ID_HEADER, accepted_response, id_header};
 use super::prefer::Preference;
+use super::state::AppState;
 use crate::problem::Problem;
 use crate::replies::{Lookup, ReplyEvent, ReplyHub};
 use crate::request_record::{CallHead, RequestRecord};

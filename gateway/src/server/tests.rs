@@ -18,7 +18,8 @@ use http::{StatusCode, header};
 use http_body_util::BodyExt;
 use osmosis_protocol::RequestEnvelope;
 
-use super::{AppState, app};
+use super::app;
+use super::state::AppState;
 use crate::config::{Config, SseConfig};
 use crate::writer::{OutboundRecord, RecordWriter, Stored, Unreachable, WriteError};
 

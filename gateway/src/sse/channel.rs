@@ -6,8 +6,8 @@ use axum::response::Response;
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 
+use super::context::{OpenStream, StreamContext, StreamKind};
 use super::frames::{RecordFormat, frame, record_frame, shared_record_frame, shutdown_frame};
-use super::{OpenStream, StreamContext, StreamKind};
 use crate::subscriptions::{ChannelEvent, LiveSubscription, Positions, SubscriptionError};
 
 /// Everything one subscription's stream needs.

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use osmosis_protocol::EventKind;
 use tokio::sync::broadcast;
 
+use super::context::{OpenStream, StreamContext, StreamKind};
 use super::frames::{reply_frame, shutdown_frame};
-use super::{OpenStream, StreamContext, StreamKind};
 use crate::replies::{FollowReceiver, ReplyEvent};
 
 /// The events of a request accepted by this instance: `accepted` first

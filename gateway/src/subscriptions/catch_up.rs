@@ -14,7 +14,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::{ChannelEvent, Positions, SubscriptionError};
+use super::event::{ChannelEvent, SubscriptionError};
+use super::positions::Positions;
 
 /// Reads `[start, until)` of every partition of `topic`, in offset order
 /// per partition, into `tx`, until done or the subscriber goes away.

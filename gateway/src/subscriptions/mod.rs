@@ -14,74 +14,30 @@
 //!
 //! # Layout
 //! - [`positions`]: the position vector and its `Last-Event-ID` text.
+//! - [`event`]: one record as subscribers get it, and the errors (a leaf).
 //! - `catch_up`: the Kafka reads of resumes and start positions.
 //! - this file: the live feeds and what a subscriber is handed.
 
 mod catch_up;
+pub mod event;
 pub mod positions;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use osmosis_support::kafka::ClientSettings;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{broadcast, mpsc};
 
+pub use event::{ChannelEvent, SubscriptionError};
 pub use positions::{InvalidPositions, Positions};
 
 use crate::config::KafkaConfig;
 use catch_up::{read_range, watermarks};
-
-/// One record of a subscribed topic.
-#[derive(Debug)]
-pub struct ChannelEvent {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Bytes>,
-    pub value: Bytes,
-    /// Record timestamp, unix milliseconds.
-    pub timestamp: Option<i64>,
-    /// The live feed's positions after this record, rendered once for every
-    /// subscriber in step with the feed.
-    pub positions: Arc<str>,
-    /// The event's frames for in-step subscribers, rendered on first use.
-    pub value_frame: OnceLock<Bytes>,
-    pub json_frame: OnceLock<Bytes>,
-}
-
-impl ChannelEvent {
-    fn from_message<M: Message>(message: &M, positions: Arc<str>) -> Self {
-        Self {
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(Bytes::copy_from_slice),
-            value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-            timestamp: message.timestamp().to_millis(),
-            positions,
-            value_frame: OnceLock::new(),
-            json_frame: OnceLock::new(),
-        }
-    }
-}
-
-/// Failures of subscriptions.
-#[derive(Debug, thiserror::Error)]
-pub enum SubscriptionError {
-    #[error("cannot read channel {topic:?} from Kafka: {source}")]
-    Kafka {
-        topic: String,
-        #[source]
-        source: KafkaError,
-    },
-    #[error("channel {0:?} has no partitions")]
-    NoPartitions(String),
-}
 
 /// The live feed of one topic.
 pub struct Feed {
