@@ -1,41 +1,10 @@
-//! Rule 6 of the policy, HPA-v2-style behaviour: per direction, a
-//! stabilisation window (recommendations of the window are combined
-//! before acting) and rate policies (limits per period), with what they
-//! remember in [`PolicyState`]. Pure, like the rest of the policy.
+//! Rule 6 of the policy, HPA-v2-style behaviour, as rules over a
+//! [`Behavior`](super::types::Behavior) per direction: a stabilisation
+//! window (recommendations of the window are combined before acting) and
+//! rate policies (limits per period), with what they remember in
+//! [`PolicyState`]. Pure, like the rest of the policy.
 
-use super::{PolicyState, ScalerSpec};
-
-/// How fast replicas may be added or removed, as in HPA v2 `behavior`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Behavior {
-    /// Recommendations of this window are combined before acting: the
-    /// lowest for scale-up, the highest for scale-down (no flapping).
-    pub stabilization_seconds: f64,
-    /// Limits per period; empty means no limit.
-    pub policies: Vec<RatePolicy>,
-    /// Which policy applies when several do.
-    pub select: Select,
-}
-
-/// One rate limit.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RatePolicy {
-    /// At most `value` replicas per `period_seconds`.
-    Pods { value: u32, period_seconds: f64 },
-    /// At most `value` percent of the replicas at the period's start.
-    Percent { value: u32, period_seconds: f64 },
-}
-
-/// Which of several rate policies wins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Select {
-    /// The one allowing the largest change.
-    Max,
-    /// The one allowing the smallest change.
-    Min,
-    /// No scaling in this direction.
-    Disabled,
-}
+use super::types::{PolicyState, RatePolicy, ScalerSpec, Select};
 
 /// Rule 6, stabilisation: a scale-up goes only as high as the lowest
 /// recommendation of its window, a scale-down only as low as the highest
