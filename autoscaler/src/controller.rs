@@ -3,13 +3,15 @@
 //! status written with server-side apply under one field manager, and a
 //! Kubernetes Event with the numbers behind every scaling decision.
 //!
-//! This file holds the context, the order of a reconcile's steps and
-//! [`run`]; each step has its own file:
+//! This file holds the order of a reconcile's steps and [`run`]; each
+//! step has its own file:
+//! - `context`: the [`Context`] every reconcile shares, the [`Error`] and
+//!   the field manager [`MANAGER`].
 //! - `target`: the scale target, found by discovery, as a [`Target`]; the
 //!   conflicting HPA check.
 //! - `memory`: per-scaler memory between reconciles (the scaling loop,
-//!   rebuilt when the scaler's Kafka settings change) and when a
-//!   measurement is due.
+//!   rebuilt when the scaler's Kafka settings change, with the Secret's
+//!   client properties) and when a measurement is due.
 //! - `surge`: each scaler's surge watch between polls, which triggers a
 //!   reconcile at once (`Controller::reconcile_on`) and forgets deleted
 //!   scalers.
@@ -19,56 +21,29 @@
 //! Measuring, estimating and deciding are the scaling loop's, shared
 //! with the local target; the controller only says when and reports.
 
+mod context;
 mod memory;
 mod report;
 mod spec;
 mod surge;
 mod target;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, ApiResource};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use crate::crd::ChannelScaler;
 use crate::metrics::{Metrics, ScalerLabels};
 use crate::scaling::Target;
-use memory::ScalerMemory;
+pub use context::{Context, Error, MANAGER};
+use memory::kafka_properties;
 pub use spec::policy_spec;
 use target::ScaleSubresource;
-
-/// The field manager of everything the controller writes.
-pub const MANAGER: &str = "osmosis-autoscaler";
-
-/// Why a reconcile failed; requeued after a short delay.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("the scale target {0} is not a known resource with a /scale subresource")]
-    UnknownTarget(String),
-}
-
-/// Shared by every reconcile.
-pub struct Context {
-    client: Client,
-    metrics: Arc<Metrics>,
-    recorder: Recorder,
-    /// The clock of every scaler's estimator and policy.
-    started: Instant,
-    scalers: Mutex<HashMap<String, ScalerMemory>>,
-    /// Scale targets' API resources by (apiVersion, kind), from discovery.
-    resources: Mutex<HashMap<(String, String), ApiResource>>,
-    /// Where surge watches ask for a reconcile.
-    surges: futures::channel::mpsc::UnboundedSender<ObjectRef<ChannelScaler>>,
-}
 
 async fn reconcile(scaler: Arc<ChannelScaler>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -93,14 +68,20 @@ async fn reconcile_scaler(
     };
     let key = format!("{namespace}/{}", labels.name);
     let poll = Duration::from_secs(scaler.spec.poll_interval_seconds.max(1) as u64);
-    if let Some(wait) = ctx.not_due(&key, scaler, poll) {
+    if let Some(wait) = ctx.scalers.not_due(&key, scaler, poll) {
         return Ok(Action::requeue(wait));
     }
 
     let mut target = ScaleSubresource::resolve(ctx, scaler, &namespace).await?;
-    let scaling = ctx
-        .refresh_memory(scaler, &key, &namespace, poll, target.replicas())
-        .await?;
+    let properties = kafka_properties(&ctx.client, &namespace, scaler).await?;
+    let scaling = ctx.scalers.refresh(
+        scaler,
+        &key,
+        properties,
+        poll,
+        target.replicas(),
+        |scaling| surge::start(ctx, &key, scaler, scaling),
+    );
     let conflict =
         target::conflicting_hpa(&ctx.client, &namespace, &scaler.spec.scale_target_ref).await;
     let act = !scaler.spec.paused && conflict.is_none();
@@ -116,7 +97,7 @@ async fn reconcile_scaler(
     report::record_metrics(&ctx.metrics, &labels, &turn, &status);
     let replicas = status.current_replicas.max(0) as u32;
     report::write_status(ctx, scaler, &namespace, status).await?;
-    ctx.completed(&key, replicas);
+    ctx.scalers.completed(&key, replicas);
     Ok(Action::requeue(poll))
 }
 
@@ -134,21 +115,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (surges, surged) = futures::channel::mpsc::unbounded();
-    let ctx = Arc::new(Context {
-        metrics: Arc::clone(&metrics),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
-        client: client.clone(),
-        started: Instant::now(),
-        scalers: Mutex::new(HashMap::new()),
-        resources: Mutex::new(HashMap::new()),
-        surges,
-    });
+    let ctx = Arc::new(Context::new(client.clone(), Arc::clone(&metrics), surges));
     let scalers: Api<ChannelScaler> = match &namespace {
         Some(namespace) => Api::namespaced(client, namespace),
         None => Api::all(client),

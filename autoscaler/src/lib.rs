@@ -7,9 +7,12 @@
 //! - [`controller`]: the kube-runtime controller: each poll (or surge) a
 //!   turn of the scaler's loop against the target's `/scale` subresource,
 //!   then status (server-side apply), Events and metrics. One file per
-//!   step under `controller/`.
+//!   step under `controller/`, with the context they share in
+//!   `controller/context.rs` and each scaler's memory in
+//!   `controller/memory.rs`.
 //! - [`policy`]: pure arithmetic from an observation and a spec to a replica
-//!   count, with the numbers that caused it. No I/O, no clock.
+//!   count, with the numbers that caused it. No I/O, no clock. Its types in
+//!   `policy/types.rs`, the HPA-style behaviour rules in `policy/behavior.rs`.
 //! - [`estimate`]: from raw Kafka samples (watermarks, committed offsets,
 //!   group state) to observations: lag semantics, rates, capacity, time lag,
 //!   stuck partitions. Also pure.
@@ -22,7 +25,9 @@
 //!
 //! Measurement (Kafka admin calls) and actuation (Kubernetes `/scale`, or a
 //! pool of local processes) live apart from the policy and meet it in one
-//! small loop, so each can be tested alone.
+//! small loop, so each can be tested alone. Modules import downward: the
+//! files under `controller/` and `policy/` import their shared leaves
+//! (`context`, `memory`, `types`), never the parent that uses them.
 
 pub mod controller;
 pub mod crd;

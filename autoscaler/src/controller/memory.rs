@@ -1,25 +1,32 @@
 //! What the controller keeps per scaler between reconciles, keyed
-//! `namespace/name`: the scaling loop (rebuilt when the scaler's Kafka
-//! settings change), its surge watch task, and the bookkeeping that keeps
-//! status writes from becoming measurements. Does not decide anything: the
-//! [`ScalingLoop`] does.
+//! `namespace/name` in [`Memories`]: the scaling loop (rebuilt when the
+//! scaler's Kafka settings change), its surge watch task, and the
+//! bookkeeping that keeps status writes from becoming measurements (when
+//! a measurement is due); also the Kafka client properties read from the
+//! scaler's Secret. Does not decide anything: the [`ScalingLoop`] does.
+//! Knows nothing of the controller's context: whoever refreshes a memory
+//! starts its surge watch.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource};
+use tokio::task::AbortHandle;
 
-use super::{Context, Error, surge};
 use crate::crd::ChannelScaler;
 use crate::estimate::EstimatorConfig;
 use crate::measure::Probe;
 use crate::scaling::ScalingLoop;
 
+/// Every scaler's memory, keyed `namespace/name`.
+#[derive(Default)]
+pub(super) struct Memories(Mutex<HashMap<String, ScalerMemory>>);
+
 /// What the controller keeps per scaler between reconciles.
-pub(super) struct ScalerMemory {
+struct ScalerMemory {
     /// Brokers, topic and group the loop's probe was built for.
     kafka_key: (String, String, String),
     /// Client properties (from the Secret) the probe was built with.
@@ -27,17 +34,17 @@ pub(super) struct ScalerMemory {
     /// The probe (or why its Kafka client could not be created, reported
     /// as KafkaReachable=False like any failed measurement), the estimator
     /// and the policy's windows.
-    pub(super) scaling: Arc<ScalingLoop>,
+    scaling: Arc<ScalingLoop>,
     /// Replicas at the last completed reconcile, for the surge check.
-    pub(super) replicas: u32,
+    replicas: u32,
     /// Surge watch period from the spec; zero: off.
-    pub(super) surge_watch: Duration,
-    pub(super) poll: Duration,
+    surge_watch: Duration,
+    poll: Duration,
     /// The scaler's generation at the last measurement.
     generation: Option<i64>,
     measured_at: Instant,
     /// A surge reconcile was triggered and has not run yet.
-    pub(super) surge_pending: bool,
+    surge_pending: bool,
     /// The last measurement was acted on and reported; if not (the API
     /// server refused a write), the retry measures again.
     completed: bool,
@@ -47,7 +54,7 @@ pub(super) struct ScalerMemory {
 }
 
 /// A task aborted when its handle is dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
+struct AbortOnDrop(AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -55,15 +62,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-impl ScalerMemory {
-    /// No reconcile for this long: the scaler was deleted (reconciles come
-    /// at least every poll otherwise).
-    pub(super) fn forgotten(&self) -> bool {
-        self.measured_at.elapsed() > self.poll * 3 + Duration::from_secs(60)
-    }
+/// A surge watch's periods, from its scaler's spec.
+pub(super) struct WatchPeriods {
+    /// Between end-offset reads; zero: the watch is off.
+    pub(super) surge_watch: Duration,
+    /// The scaler's poll interval.
+    pub(super) poll: Duration,
 }
 
-impl Context {
+impl Memories {
     /// How long until the scaler's next measurement, if it is not due yet.
     /// Every status write comes back as a watch event; measuring on those
     /// would poll as fast as the API server answers. Between polls, only a
@@ -74,7 +81,7 @@ impl Context {
         scaler: &ChannelScaler,
         poll: Duration,
     ) -> Option<Duration> {
-        let scalers = self.scalers.lock().unwrap();
+        let scalers = self.0.lock().unwrap();
         let memory = scalers.get(key)?;
         let since = memory.measured_at.elapsed();
         (since < poll
@@ -85,31 +92,34 @@ impl Context {
     }
 
     /// The scaler's scaling loop for this reconcile's measurement: the one
-    /// remembered, or a new one (with its surge watch) when there is none
-    /// or the Kafka settings changed. `replicas` seeds a new memory's surge
-    /// check until the first reconcile completes.
-    pub(super) async fn refresh_memory(
-        self: &Arc<Self>,
+    /// remembered, or a new one when there is none or the Kafka settings
+    /// (`properties` from the Secret included) changed. `start_watch`
+    /// starts a new loop's surge watch, if it can measure; `replicas`
+    /// seeds a new memory's surge check until the first reconcile
+    /// completes.
+    pub(super) fn refresh(
+        &self,
         scaler: &ChannelScaler,
         key: &str,
-        namespace: &str,
+        properties: Vec<(String, String)>,
         poll: Duration,
         replicas: u32,
-    ) -> Result<Arc<ScalingLoop>, Error> {
+        start_watch: impl FnOnce(Arc<ScalingLoop>) -> AbortHandle,
+    ) -> Arc<ScalingLoop> {
         let kafka_key = (
             scaler.spec.kafka.brokers.clone(),
             scaler.spec.topic.clone(),
             scaler.spec.consumer_group.clone(),
         );
-        let properties = kafka_properties(&self.client, namespace, scaler).await?;
         let mut replaced = None;
         let scaling = {
-            let mut scalers = self.scalers.lock().unwrap();
+            let mut scalers = self.0.lock().unwrap();
             let stale = scalers
                 .get(key)
                 .is_none_or(|m| m.kafka_key != kafka_key || m.properties != properties);
             if stale {
-                let memory = self.new_memory(scaler, key, kafka_key, properties, poll, replicas);
+                let memory =
+                    ScalerMemory::new(key, kafka_key, properties, poll, replicas, start_watch);
                 replaced = scalers.insert(key.to_owned(), memory);
             }
             let memory = scalers.get_mut(key).expect("inserted above");
@@ -125,36 +135,76 @@ impl Context {
             // Closing its Kafka client waits for librdkafka's threads.
             tokio::task::spawn_blocking(move || drop(old));
         }
-        Ok(scaling)
+        scaling
     }
 
+    /// The reconcile acted and reported: polls wait again, and surges are
+    /// judged against the replicas it left.
+    pub(super) fn completed(&self, key: &str, replicas: u32) {
+        if let Some(memory) = self.0.lock().unwrap().get_mut(key) {
+            memory.completed = true;
+            memory.replicas = replicas;
+        }
+    }
+
+    /// The scaler's surge watch periods, or `None` once the scaler is gone;
+    /// a scaler no longer reconciled is forgotten here.
+    pub(super) fn watch_periods(&self, key: &str) -> Option<WatchPeriods> {
+        let mut scalers = self.0.lock().unwrap();
+        let memory = scalers.get(key)?;
+        if memory.forgotten() {
+            tracing::info!(scaler = %key, "no longer reconciled: forgetting it");
+            let forgotten = scalers.remove(key);
+            // Its Kafka client closes off the async workers.
+            tokio::task::spawn_blocking(move || drop(forgotten));
+            return None;
+        }
+        Some(WatchPeriods {
+            surge_watch: memory.surge_watch,
+            poll: memory.poll,
+        })
+    }
+
+    /// Whether `arrived` at `now` makes a surge worth a reconcile (one at a
+    /// time), and marks it pending; `None` once the scaler is gone.
+    pub(super) fn surge_seen(
+        &self,
+        key: &str,
+        scaling: &ScalingLoop,
+        now: f64,
+        arrived: i64,
+    ) -> Option<bool> {
+        let mut scalers = self.0.lock().unwrap();
+        let memory = scalers.get_mut(key)?;
+        let surge = !memory.surge_watch.is_zero()
+            && !memory.surge_pending
+            && scaling.surging(now, arrived, memory.replicas);
+        memory.surge_pending |= surge;
+        Some(surge)
+    }
+}
+
+impl ScalerMemory {
     /// A fresh memory: a new probe and scaling loop, and its surge watch
     /// when the probe could be created.
-    fn new_memory(
-        self: &Arc<Self>,
-        scaler: &ChannelScaler,
+    fn new(
         key: &str,
         kafka_key: (String, String, String),
         properties: Vec<(String, String)>,
         poll: Duration,
         replicas: u32,
-    ) -> ScalerMemory {
+        start_watch: impl FnOnce(Arc<ScalingLoop>) -> AbortHandle,
+    ) -> Self {
         let probe = Probe::new(&kafka_key.0, &properties, &kafka_key.1, &kafka_key.2);
         let scaling = Arc::new(ScalingLoop::new(
             Some(key.to_owned()),
             probe,
             EstimatorConfig::default(),
         ));
-        let watch = scaling.can_measure().then(|| {
-            let task = tokio::spawn(surge::watch(
-                Arc::downgrade(self),
-                key.to_owned(),
-                ObjectRef::from_obj(scaler),
-                Arc::clone(&scaling),
-            ));
-            AbortOnDrop(task.abort_handle())
-        });
-        ScalerMemory {
+        let watch = scaling
+            .can_measure()
+            .then(|| AbortOnDrop(start_watch(Arc::clone(&scaling))));
+        Self {
             kafka_key,
             properties,
             scaling,
@@ -169,22 +219,19 @@ impl Context {
         }
     }
 
-    /// The reconcile acted and reported: polls wait again, and surges are
-    /// judged against the replicas it left.
-    pub(super) fn completed(&self, key: &str, replicas: u32) {
-        if let Some(memory) = self.scalers.lock().unwrap().get_mut(key) {
-            memory.completed = true;
-            memory.replicas = replicas;
-        }
+    /// No reconcile for this long: the scaler was deleted (reconciles come
+    /// at least every poll otherwise).
+    fn forgotten(&self) -> bool {
+        self.measured_at.elapsed() > self.poll * 3 + Duration::from_secs(60)
     }
 }
 
 /// librdkafka properties from the scaler's Secret, if it names one.
-async fn kafka_properties(
+pub(super) async fn kafka_properties(
     client: &Client,
     namespace: &str,
     scaler: &ChannelScaler,
-) -> Result<Vec<(String, String)>, Error> {
+) -> Result<Vec<(String, String)>, kube::Error> {
     let Some(secret) = &scaler.spec.kafka.properties_secret_ref else {
         return Ok(Vec::new());
     };

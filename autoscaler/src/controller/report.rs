@@ -8,7 +8,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Context, Error, MANAGER};
+use super::context::{Context, Error, MANAGER};
 use crate::crd::{ChannelScaler, ChannelScalerStatus, Condition};
 use crate::metrics::{Metrics, ScalerLabels};
 use crate::policy::Decision;

@@ -3,14 +3,16 @@
 //! the replicas can process, a reconcile at once
 //! (`Controller::reconcile_on`). The watch also forgets scalers that
 //! stopped being reconciled (deleted), so their Kafka clients do not
-//! linger. What makes a surge is the [`ScalingLoop`]'s to say.
+//! linger. What makes a surge is the [`ScalingLoop`]'s to say; what the
+//! watch reads and marks of its scaler, its memory's.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef;
+use tokio::task::AbortHandle;
 
-use super::Context;
+use super::context::Context;
 use crate::crd::ChannelScaler;
 use crate::metrics::ScalerLabels;
 use crate::scaling::ScalingLoop;
@@ -23,9 +25,25 @@ enum Next {
     Idle(Duration),
 }
 
+/// Starts the surge watch of the scaler `key` with its new scaling loop.
+pub(super) fn start(
+    ctx: &Arc<Context>,
+    key: &str,
+    scaler: &ChannelScaler,
+    scaling: Arc<ScalingLoop>,
+) -> AbortHandle {
+    let task = tokio::spawn(watch(
+        Arc::downgrade(ctx),
+        key.to_owned(),
+        ObjectRef::from_obj(scaler),
+        scaling,
+    ));
+    task.abort_handle()
+}
+
 /// One scaler's surge watch. Ends when the scaler's memory is replaced or
 /// forgotten, or the controller stops.
-pub(super) async fn watch(
+async fn watch(
     ctx: Weak<Context>,
     key: String,
     scaler: ObjectRef<ChannelScaler>,
@@ -68,36 +86,22 @@ pub(super) async fn watch(
     }
 }
 
-/// The watch's next step, or `None` once the scaler is gone; a scaler no
-/// longer reconciled is forgotten here.
+/// The watch's next step, or `None` once the scaler is gone (or
+/// forgotten by its memory, no longer reconciled).
 fn next(ctx: &Context, key: &str) -> Option<Next> {
-    let mut scalers = ctx.scalers.lock().unwrap();
-    let memory = scalers.get(key)?;
-    if memory.forgotten() {
-        tracing::info!(scaler = %key, "no longer reconciled: forgetting it");
-        let forgotten = scalers.remove(key);
-        // Its Kafka client closes off the async workers.
-        tokio::task::spawn_blocking(move || drop(forgotten));
-        return None;
-    }
-    Some(if memory.surge_watch.is_zero() {
-        Next::Idle(memory.poll)
+    let periods = ctx.scalers.watch_periods(key)?;
+    Some(if periods.surge_watch.is_zero() {
+        Next::Idle(periods.poll)
     } else {
-        Next::Read(memory.surge_watch)
+        Next::Read(periods.surge_watch)
     })
 }
 
 /// Whether `arrived` makes a surge worth a reconcile (one at a time), and
 /// marks it pending; `None` once the scaler is gone.
 fn surge_seen(ctx: &Context, key: &str, scaling: &ScalingLoop, arrived: i64) -> Option<bool> {
-    let mut scalers = ctx.scalers.lock().unwrap();
-    let memory = scalers.get_mut(key)?;
     let now = ctx.started.elapsed().as_secs_f64();
-    let surge = !memory.surge_watch.is_zero()
-        && !memory.surge_pending
-        && scaling.surging(now, arrived, memory.replicas);
-    memory.surge_pending |= surge;
-    Some(surge)
+    ctx.scalers.surge_seen(key, scaling, now, arrived)
 }
 
 fn scaler_labels(scaler: &ObjectRef<ChannelScaler>) -> ScalerLabels {

@@ -8,7 +8,7 @@ use kube::core::GroupVersionKind;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::{Context, Error};
+use super::context::{Context, Error};
 use crate::crd::{ChannelScaler, ScaleTargetRef};
 use crate::scaling::Target;
 
