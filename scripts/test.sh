@@ -31,6 +31,14 @@ echo "==> lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "==> module cycles"
+for crate in protocol support gateway workers autoscaler; do
+  python3 scripts/module-cycles.py "$crate/src" >/dev/null || {
+    python3 scripts/module-cycles.py "$crate/src"
+    exit 1
+  }
+done
+
 echo "==> build"
 cargo build --workspace --bins --examples --locked
 

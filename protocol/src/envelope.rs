@@ -2,9 +2,9 @@
 
 use std::borrow::Cow;
 
-use crate::header_fields::HeaderFields;
+use crate::header_fields::{DecodeError, HeaderFields};
 use crate::headers;
-use crate::{ParseRequestIdError, RequestId};
+use crate::request_id::RequestId;
 
 /// Metadata of one client request, carried in the headers of its record.
 ///
@@ -41,21 +41,6 @@ pub struct RequestEnvelope {
 pub struct ReplyAddress {
     pub topic: String,
     pub partition: i32,
-}
-
-/// Headers that do not form a valid request envelope.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("required header {0} is missing")]
-    Missing(&'static str),
-    #[error("header {0} is not UTF-8")]
-    NotUtf8(&'static str),
-    #[error("header {0} is not a number")]
-    NotANumber(&'static str),
-    #[error("header {0} has an unknown value")]
-    UnknownValue(&'static str),
-    #[error(transparent)]
-    RequestId(#[from] ParseRequestIdError),
 }
 
 impl RequestEnvelope {

@@ -2,8 +2,23 @@
 //! `osmosis-*` fields by name, every other header kept in order. Both
 //! envelopes decode through it, so they agree on what a malformed value is.
 
-use crate::DecodeError;
 use crate::headers::is_reserved;
+use crate::request_id::ParseRequestIdError;
+
+/// Headers that do not form a valid request or reply envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("required header {0} is missing")]
+    Missing(&'static str),
+    #[error("header {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("header {0} is not a number")]
+    NotANumber(&'static str),
+    #[error("header {0} has an unknown value")]
+    UnknownValue(&'static str),
+    #[error(transparent)]
+    RequestId(#[from] ParseRequestIdError),
+}
 
 /// A record's headers, split into the gateway's own and everything else.
 pub(crate) struct HeaderFields<'a> {

@@ -8,8 +8,9 @@
 
 use std::borrow::Cow;
 
-use crate::header_fields::HeaderFields;
-use crate::{DecodeError, RequestId, headers};
+use crate::header_fields::{DecodeError, HeaderFields};
+use crate::headers;
+use crate::request_id::RequestId;
 
 /// What a reply record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
