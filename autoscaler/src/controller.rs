@@ -14,6 +14,8 @@
 //!   reconcile at once (`Controller::reconcile_on`) and forgets deleted
 //!   scalers.
 //! - `report`: the Event, the status and the metrics of one reconcile.
+//! - `secret`: the client properties a scaler's Secret may set (connection
+//!   and authentication only), read so that no value is ever repeated.
 //! - `spec`: the resource's spec as the policy's numbers.
 //!
 //! Measuring, estimating and deciding are the scaling loop's, shared
@@ -21,6 +23,7 @@
 
 mod memory;
 mod report;
+mod secret;
 mod spec;
 mod surge;
 mod target;
@@ -41,6 +44,7 @@ use crate::crd::ChannelScaler;
 use crate::metrics::{Metrics, ScalerLabels};
 use crate::scaling::Target;
 use memory::ScalerMemory;
+pub use secret::is_connection_property;
 pub use spec::policy_spec;
 use target::ScaleSubresource;
 

@@ -7,12 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use kube::Resource;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Client, Resource};
 
-use super::{Context, Error, surge};
+use super::{Context, Error, secret, surge};
 use crate::crd::ChannelScaler;
 use crate::estimate::EstimatorConfig;
 use crate::measure::Probe;
@@ -22,7 +20,7 @@ use crate::scaling::ScalingLoop;
 pub(super) struct ScalerMemory {
     /// Brokers, topic and group the loop's probe was built for.
     kafka_key: (String, String, String),
-    /// Client properties (from the Secret) the probe was built with.
+    /// Client properties (taken from the Secret) the probe was built with.
     properties: Vec<(String, String)>,
     /// The probe (or why its Kafka client could not be created, reported
     /// as KafkaReachable=False like any failed measurement), the estimator
@@ -101,7 +99,8 @@ impl Context {
             scaler.spec.topic.clone(),
             scaler.spec.consumer_group.clone(),
         );
-        let properties = kafka_properties(&self.client, namespace, scaler).await?;
+        let secret = secret::read(&self.client, namespace, scaler).await?;
+        let properties = secret.taken;
         let mut replaced = None;
         let scaling = {
             let mut scalers = self.scalers.lock().unwrap();
@@ -109,6 +108,14 @@ impl Context {
                 .get(key)
                 .is_none_or(|m| m.kafka_key != kafka_key || m.properties != properties);
             if stale {
+                for ignored in &secret.ignored {
+                    // The key's name only: its value is someone's secret.
+                    tracing::warn!(
+                        scaler = %key,
+                        key = %ignored,
+                        "ignoring a key of the Kafka properties Secret: not a connection or authentication property"
+                    );
+                }
                 let memory = self.new_memory(scaler, key, kafka_key, properties, poll, replicas);
                 replaced = scalers.insert(key.to_owned(), memory);
             }
@@ -177,23 +184,4 @@ impl Context {
             memory.replicas = replicas;
         }
     }
-}
-
-/// librdkafka properties from the scaler's Secret, if it names one.
-async fn kafka_properties(
-    client: &Client,
-    namespace: &str,
-    scaler: &ChannelScaler,
-) -> Result<Vec<(String, String)>, Error> {
-    let Some(secret) = &scaler.spec.kafka.properties_secret_ref else {
-        return Ok(Vec::new());
-    };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = secrets.get(&secret.name).await?;
-    Ok(secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, value)| (name, String::from_utf8_lossy(&value.0).into_owned()))
-        .collect())
 }
