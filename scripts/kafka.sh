@@ -200,16 +200,19 @@ up() {
       exit 1
     fi
   done
+  local formatted=false
+  [ -f "$STATE_DIR/data/meta.properties" ] && formatted=true
+  if $formatted && [ -n "$KAFKA_SASL_SSL_PORT" ] && [ ! -f "$PASSWORD_FILE" ]; then
+    log "$STATE_DIR was formatted without SCRAM users, which can only be added at format time;"
+    log "use a new KAFKA_STATE_DIR for a SASL_SSL listener (or remove this one)"
+    exit 1
+  fi
   write_config
   if [ -n "$KAFKA_SASL_SSL_PORT" ]; then
     make_certificates
   fi
-  if [ ! -f "$STATE_DIR/data/meta.properties" ]; then
+  if ! $formatted; then
     format
-  elif [ -n "$KAFKA_SASL_SSL_PORT" ] && [ ! -f "$PASSWORD_FILE" ]; then
-    log "$STATE_DIR was formatted without SCRAM users, which can only be added at format time;"
-    log "use a new KAFKA_STATE_DIR for a SASL_SSL listener (or remove this one)"
-    exit 1
   fi
   log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT${KAFKA_SASL_SSL_PORT:+ (SASL_SSL on 127.0.0.1:$KAFKA_SASL_SSL_PORT)} (state in $STATE_DIR)"
   nohup java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
