@@ -17,10 +17,11 @@
 #   KAFKA_STATE_DIR      data, pid, logs and certificates of this instance (default ~/.cache/osmosis/run/kafka-$KAFKA_PORT)
 #   OSMOSIS_CACHE        dependency cache                       (default ~/.cache/osmosis)
 #
-# With KAFKA_SASL_SSL_PORT, `up` makes (once per state directory) a CA and a
-# broker certificate for 127.0.0.1 in $KAFKA_STATE_DIR/tls (PEM: ca.pem is what
-# clients trust) and a random password for the SCRAM user, added to the
-# cluster's metadata when the storage is formatted. The controller and
+# With KAFKA_SASL_SSL_PORT, `up` makes a CA and a broker certificate for
+# 127.0.0.1 in $KAFKA_STATE_DIR/tls (PEM: ca.pem is what clients trust; once
+# per state directory, and again before they expire) and a random password
+# for the SCRAM user, added to the cluster's metadata when the storage is
+# formatted. The controller and
 # inter-broker listeners stay PLAINTEXT on loopback. `env` prints what a client
 # needs: KAFKA_SASL_SSL_BOOTSTRAP, KAFKA_CA_LOCATION, KAFKA_SASL_MECHANISM,
 # KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD.
@@ -95,10 +96,12 @@ port_open() {
 }
 
 # A CA and a broker certificate (for 127.0.0.1 and localhost, signed by the
-# CA) in PEM, made once per state directory. The broker reads its key and
-# chain from one PEM file (ssl.keystore.type=PEM: key unencrypted PKCS#8).
+# CA) in PEM, made once per state directory and again when they expire
+# within a day. The broker reads its key and chain from one PEM file
+# (ssl.keystore.type=PEM: key unencrypted PKCS#8).
 make_certificates() {
-  if [ -f "$TLS_DIR/broker.pem" ] && [ -f "$TLS_DIR/ca.pem" ]; then
+  if [ -f "$TLS_DIR/broker.pem" ] && [ -f "$TLS_DIR/ca.pem" ] &&
+    openssl x509 -checkend 86400 -noout -in "$TLS_DIR/broker.pem" >/dev/null 2>&1; then
     return 0
   fi
   command -v openssl >/dev/null || { log "OpenSSL is required for the SASL_SSL listener"; exit 1; }
