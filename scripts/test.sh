@@ -2,6 +2,10 @@
 # The whole suite: formatting, lints, unit tests and end-to-end tests against
 # a real Kafka broker and a real kube-apiserver (with etcd) that this script
 # starts on free loopback ports and stops on exit, whatever the outcome.
+# The broker also has a SASL_SSL listener (SCRAM-SHA-512 over TLS, a CA made
+# for the run): the tests get its address, CA and credentials as
+# OSMOSIS_TEST_KAFKA_SASL_SSL, OSMOSIS_TEST_KAFKA_CA,
+# OSMOSIS_TEST_KAFKA_USERNAME and OSMOSIS_TEST_KAFKA_PASSWORD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,9 +13,10 @@ cd "$(dirname "$0")/.."
 
 KAFKA_PORT=$(free_port)
 KAFKA_CTRL_PORT=$(free_port)
+KAFKA_SASL_SSL_PORT=$(free_port)
 KAFKA_STATE_DIR=$(mktemp -d -t osmosis-test-kafka.XXXXXX)
 KUBE_STATE_DIR=$(mktemp -d -t osmosis-test-kube.XXXXXX)
-export KAFKA_PORT KAFKA_CTRL_PORT KAFKA_STATE_DIR KUBE_STATE_DIR
+export KAFKA_PORT KAFKA_CTRL_PORT KAFKA_SASL_SSL_PORT KAFKA_STATE_DIR KUBE_STATE_DIR
 
 cleanup() {
   local status=$?
@@ -44,6 +49,15 @@ cargo build --workspace --bins --examples --locked
 
 echo "==> Kafka"
 scripts/kafka.sh up
+# The SASL_SSL listener's client settings, as the tests name them.
+while IFS='=' read -r name value; do
+  case "$name" in
+    KAFKA_SASL_SSL_BOOTSTRAP) export OSMOSIS_TEST_KAFKA_SASL_SSL="$value" ;;
+    KAFKA_CA_LOCATION) export OSMOSIS_TEST_KAFKA_CA="$value" ;;
+    KAFKA_SASL_USERNAME) export OSMOSIS_TEST_KAFKA_USERNAME="$value" ;;
+    KAFKA_SASL_PASSWORD) export OSMOSIS_TEST_KAFKA_PASSWORD="$value" ;;
+  esac
+done < <(scripts/kafka.sh env)
 
 echo "==> Kubernetes API (etcd + kube-apiserver)"
 scripts/kube.sh up

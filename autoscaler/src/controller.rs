@@ -16,6 +16,8 @@
 //!   reconcile at once (`Controller::reconcile_on`) and forgets deleted
 //!   scalers.
 //! - `report`: the Event, the status and the metrics of one reconcile.
+//! - `secret`: the client properties a scaler's Secret may set (connection
+//!   and authentication only), read so that no value is ever repeated.
 //! - `spec`: the resource's spec as the policy's numbers.
 //!
 //! Measuring, estimating and deciding are the scaling loop's, shared
@@ -24,6 +26,7 @@
 mod context;
 mod memory;
 mod report;
+mod secret;
 mod spec;
 mod surge;
 mod target;
@@ -41,7 +44,7 @@ use crate::crd::ChannelScaler;
 use crate::metrics::{Metrics, ScalerLabels};
 use crate::scaling::Target;
 pub use context::{Context, Error, MANAGER};
-use memory::kafka_properties;
+pub use secret::is_connection_property;
 pub use spec::policy_spec;
 use target::ScaleSubresource;
 
@@ -73,7 +76,7 @@ async fn reconcile_scaler(
     }
 
     let mut target = ScaleSubresource::resolve(ctx, scaler, &namespace).await?;
-    let properties = kafka_properties(&ctx.client, &namespace, scaler).await?;
+    let properties = secret::read(&ctx.client, &namespace, scaler).await?;
     let scaling = ctx.scalers.refresh(
         scaler,
         &key,

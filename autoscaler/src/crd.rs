@@ -163,7 +163,9 @@ pub struct KafkaConnection {
     pub brokers: String,
     /// A Secret in the same namespace whose keys are librdkafka properties
     /// (`security.protocol`, `sasl.username`...): TLS and SASL without new
-    /// code. File-valued properties (`ssl.ca.pem`...) take the PEM inline.
+    /// code. Only connection and authentication properties are taken
+    /// (`security.protocol`, `sasl.*`, `ssl.*`); other keys are ignored.
+    /// File-valued properties take the PEM inline (`ssl.ca.pem`...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties_secret_ref: Option<SecretRef>,
 }

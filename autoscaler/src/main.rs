@@ -108,6 +108,11 @@ struct LocalArgs {
     /// How long a stopped worker may take to drain before it is killed.
     #[arg(long, default_value_t = 30_000)]
     drain_timeout_ms: u64,
+    /// librdkafka property of the client that measures the channel,
+    /// `name=value` (repeatable; e.g. `security.protocol=SASL_SSL`). The
+    /// workers take their own, in their command.
+    #[arg(long = "kafka-property", value_parser = osmosis_support::kafka::parse_property)]
+    kafka_properties: Vec<(String, String)>,
     /// The worker command; `{replica}` is replaced by the replica's number.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -211,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(topic = %args.topic, %group, "local autoscaler started");
             let config = LocalConfig {
                 brokers: args.brokers,
-                kafka_properties: Vec::new(),
+                kafka_properties: args.kafka_properties,
                 topic: args.topic,
                 group,
                 spec,

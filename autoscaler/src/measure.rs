@@ -2,12 +2,16 @@
 //! Kafka's admin APIs — per partition the log start, the high watermark and
 //! the group's committed offset; the group's state and member count. No
 //! message is read. Blocking (librdkafka); call it from a blocking task.
+//!
+//! The probe's client properties may come from a Kubernetes Secret: its
+//! client never lets their values into what it logs or fails with
+//! ([`ClientSettings::create_redacted`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use osmosis_support::kafka::ClientSettings;
+use osmosis_support::kafka::{ClientSettings, RedactingContext, RefusedConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
@@ -18,6 +22,9 @@ use crate::estimate::{PartitionSample, Sample};
 /// Clone: a probe that could not be created fails every measurement with it.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum MeasureError {
+    /// librdkafka refused the client's properties: which one, never its value.
+    #[error("{0}")]
+    Config(#[from] RefusedConfig),
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("topic {0:?} not found")]
@@ -32,7 +39,7 @@ pub struct Probe {
     group: String,
     /// A client in the group's name that never joins it: it only reads the
     /// group's committed offsets.
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<RedactingContext>,
     timeout: Duration,
     /// The partitions the last sample found: the surge watch reuses them
     /// instead of asking for metadata every second (each poll refreshes them).
@@ -47,14 +54,13 @@ impl Probe {
         group: &str,
     ) -> Result<Self, MeasureError> {
         // In the group's name to read its committed offsets; never joins it.
-        let config = ClientSettings::new(brokers)
+        let settings = ClientSettings::new(brokers)
             .user(properties.iter().map(|(k, v)| (k, v)))
-            .fixed(&[("group.id", group), ("enable.auto.commit", "false")])
-            .build();
+            .fixed(&[("group.id", group), ("enable.auto.commit", "false")]);
         Ok(Self {
             topic: topic.to_owned(),
             group: group.to_owned(),
-            consumer: config.create()?,
+            consumer: settings.create_redacted()?,
             timeout: Duration::from_secs(5),
             known_partitions: Mutex::new(None),
         })

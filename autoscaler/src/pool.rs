@@ -13,6 +13,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+use osmosis_support::kafka::{ClientRole, ClientSettings, ConnectError, check_connection};
+
 use crate::estimate::EstimatorConfig;
 use crate::measure::{MeasureError, Probe};
 use crate::policy::ScalerSpec;
@@ -21,6 +23,7 @@ use crate::scaling::{Polls, ScalingLoop, Target};
 /// What the local autoscaler needs.
 pub struct LocalConfig {
     pub brokers: String,
+    /// librdkafka properties of the measuring client (TLS, SASL...).
     pub kafka_properties: Vec<(String, String)>,
     pub topic: String,
     pub group: String,
@@ -35,12 +38,38 @@ pub struct LocalConfig {
     pub drain_timeout: Duration,
 }
 
+/// Why the local autoscaler could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Measure(#[from] MeasureError),
+    #[error("cannot start: {0}")]
+    Connect(#[from] ConnectError),
+}
+
+/// The longest the start-up waits for Kafka's first answer.
+const START_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Scales a pool of worker processes on the channel until `shutdown`
-/// resolves, then drains every worker.
+/// resolves, then drains every worker. Refuses to start when Kafka refuses
+/// the client's credentials or certificate; a cluster that does not answer
+/// yet is only warned about: the loop holds until it does.
 pub async fn run(
     config: LocalConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), MeasureError> {
+) -> Result<(), LocalError> {
+    let client_config = ClientSettings::new(&config.brokers)
+        .user(config.kafka_properties.iter().map(|(k, v)| (k, v)))
+        .build();
+    let checked = tokio::task::spawn_blocking(move || {
+        check_connection(&client_config, ClientRole::Consumer, START_CHECK_TIMEOUT)
+    })
+    .await
+    .expect("connection check panicked");
+    match checked {
+        Err(error) if error.is_unreachable() => tracing::warn!(%error, "Kafka does not answer yet"),
+        checked => checked?,
+    }
     let probe = Probe::new(
         &config.brokers,
         &config.kafka_properties,

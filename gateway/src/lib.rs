@@ -26,7 +26,8 @@
 //! - [`problem`]: every client-visible error as `application/problem+json`.
 //! - [`metrics`]: the Prometheus metrics.
 //!
-//! [`run`] ties them together: check the channels, serve until the shutdown
+//! [`run`] ties them together: check that Kafka answers and accepts the
+//! client's credentials, check the channels, serve until the shutdown
 //! future resolves, let in-flight requests finish, flush the producer.
 
 pub mod config;
@@ -48,6 +49,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use osmosis_support::kafka::{ClientRole, ConnectError, check_connection};
 use rdkafka::error::KafkaError;
 
 use crate::config::Config;
@@ -63,6 +65,8 @@ use crate::writer::{KafkaWriter, RecordWriter};
 pub enum Error {
     #[error("invalid Kafka client configuration: {0}")]
     Client(#[source] KafkaError),
+    #[error("cannot start: {0}")]
+    Connect(#[from] ConnectError),
     #[error(transparent)]
     Topics(#[from] TopicSetupError),
     #[error(transparent)]
@@ -70,6 +74,10 @@ pub enum Error {
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
+
+/// The longest the start-up waits for Kafka's first answer (the metadata
+/// timeout when longer): a broker that is starting too gets its chance.
+const START_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options of one run that are not part of the configuration file.
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,6 +96,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let kafka = KafkaWriter::new(&config.kafka).map_err(Error::Client)?;
+    // Bad credentials or an untrusted certificate never fail a Kafka
+    // request, they make it wait: say so now instead of hanging on the topics.
+    let client_config = kafka.client_config().clone();
+    let timeout = config.kafka.metadata_timeout().max(START_CHECK_TIMEOUT);
+    tokio::task::spawn_blocking(move || {
+        check_connection(&client_config, ClientRole::Producer, timeout)
+    })
+    .await
+    .expect("connection check panicked")?;
     ensure_topics(
         &kafka,
         &config.topics(),

@@ -6,14 +6,26 @@
 //! tune anything Osmosis merely prefers (batching, timeouts, TLS, SASL) but
 //! cannot weaken what a component's guarantees rest on (`acks=all`, manual
 //! offset stores, group ids).
+//!
+//! Also here: the start-up check of the settings against the cluster
+//! ([`check_connection`], in `kafka/check.rs`), keeping property values out
+//! of librdkafka's text ([`Redactor`], [`RedactingContext`],
+//! [`RefusedConfig`], in `kafka/redact.rs`), `name=value` properties from a
+//! command line, and record headers.
+
+mod check;
+mod redact;
 
 use std::borrow::Cow;
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+pub use check::{ClientRole, ConnectError, check_connection};
+pub use redact::{REDACTED, RedactingContext, Redactor, RefusedConfig, is_sensitive};
 
 /// The layers of one client's configuration; [`ClientSettings::build`]
 /// applies them in precedence order, whatever order they were given in.
@@ -70,6 +82,39 @@ impl ClientSettings {
         config.set("bootstrap.servers", &self.brokers);
         config
     }
+
+    /// A client whose librdkafka text never carries the user's property
+    /// values: its context redacts them from every log line and error, and
+    /// a refused configuration names the property, not the value. For
+    /// properties that come from someone else than the reader of the logs
+    /// and statuses (a Kubernetes Secret).
+    pub fn create_redacted<T>(&self) -> Result<T, RefusedConfig>
+    where
+        T: FromClientConfigAndContext<RedactingContext>,
+    {
+        let redactor = Redactor::new(self.user.iter().map(|(_, value)| value));
+        self.build()
+            .create_with_context(RedactingContext::new(redactor))
+            .map_err(|error| {
+                let names = self.defaults.iter().chain(&self.user).chain(&self.fixed);
+                RefusedConfig::from_error(&error, names.map(|(name, _)| name.as_str()))
+            })
+    }
+}
+
+/// A `--*-property` value without a name and an `=`; clap shows it with
+/// the flag's name.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not name=value")]
+pub struct NotNameValue(String);
+
+/// A librdkafka property from the command line, `name=value` (the value
+/// may contain `=`); a clap value parser.
+pub fn parse_property(text: &str) -> Result<(String, String), NotNameValue> {
+    text.split_once('=')
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| NotNameValue(text.to_owned()))
 }
 
 fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -159,6 +204,34 @@ mod tests {
             .user([("client.id", "consumer")])
             .build();
         assert_eq!(config.get("client.id"), Some("consumer"));
+    }
+
+    #[test]
+    fn properties_are_name_value_pairs() {
+        assert_eq!(
+            parse_property("session.timeout.ms = 6000").unwrap(),
+            ("session.timeout.ms".into(), "6000".into())
+        );
+        assert_eq!(
+            parse_property("sasl.password=a=b").unwrap(),
+            ("sasl.password".into(), "a=b".into())
+        );
+        assert_eq!(
+            parse_property("nonsense").unwrap_err().to_string(),
+            r#""nonsense" is not name=value"#
+        );
+        assert!(parse_property("=6000").is_err());
+    }
+
+    #[test]
+    fn a_refused_user_property_is_named_and_its_value_is_not() {
+        let refused = ClientSettings::new("127.0.0.1:1")
+            .user([("security.protocol", "MARKER-VALUE")])
+            .create_redacted::<rdkafka::consumer::BaseConsumer<RedactingContext>>()
+            .err()
+            .expect("an invalid value is refused");
+        assert_eq!(refused, RefusedConfig::Property("security.protocol".into()));
+        assert!(!refused.to_string().contains("MARKER"), "{refused}");
     }
 
     #[test]

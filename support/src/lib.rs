@@ -5,8 +5,11 @@
 //! - [`telemetry`]: logging set-up (text or JSON lines, `RUST_LOG`).
 //! - [`shutdown`]: the SIGTERM/SIGINT future every binary stops on.
 //! - [`kafka`]: Kafka client settings with one documented precedence, the
-//!   conversion between protocol header pairs and Kafka record headers, and
-//!   the client context that logs librdkafka's own errors.
+//!   start-up check of them against the cluster (authentication and TLS
+//!   failures said at once), keeping property values out of librdkafka's
+//!   text, `name=value` properties, the conversion between protocol header
+//!   pairs and Kafka record headers, and the client context that logs
+//!   librdkafka's own errors.
 //! - [`metrics`]: registering metrics in place and rendering a registry.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz` for processes without a
 //!   router of their own.

@@ -286,6 +286,8 @@ impl DedicatedKafka {
             .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_CTRL_PORT", self.controller_port.to_string())
             .env("KAFKA_STATE_DIR", self.state_dir.path())
+            // The shared broker's SASL_SSL port (scripts/test.sh) is not ours.
+            .env_remove("KAFKA_SASL_SSL_PORT")
             .status()
             .expect("running scripts/kafka.sh");
         assert!(status.success(), "scripts/kafka.sh {verb} failed: {status}");

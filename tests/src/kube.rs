@@ -1,10 +1,18 @@
-//! The real Kubernetes API server the tests run against (`scripts/kube.sh`).
+//! The real Kubernetes API server the tests run against (`scripts/kube.sh`),
+//! and what controller tests share: the CRD, a target Deployment, a
+//! controller process.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kube::Client;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, CustomResourceExt};
+use osmosis_autoscaler::crd::ChannelScaler;
+
+use crate::process::Service;
 
 /// Environment variable naming the test API server's kubeconfig.
 pub const KUBECONFIG_ENV: &str = "OSMOSIS_TEST_KUBECONFIG";
@@ -32,4 +40,63 @@ pub async fn client() -> Client {
         .unwrap_or_else(|_| panic!("the API server of {path} does not answer within 10s"))
         .unwrap_or_else(|e| panic!("the API server of {path} is not reachable: {e}"));
     client
+}
+
+/// A Deployment named `name` at zero replicas (no kubelet runs it: the
+/// tests read its `spec.replicas`).
+pub fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": 0,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "worker", "image": "osmosis/slow:test" }] }
+            }
+        }
+    }))
+    .unwrap()
+}
+
+/// Installs (or updates) the ChannelScaler CRD from the Rust types.
+pub async fn apply_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "channelscalers.osmosis.dev",
+        &PatchParams::apply("osmosis-tests").force(),
+        &Patch::Apply(ChannelScaler::crd()),
+    )
+    .await
+    .expect("applying the CRD");
+}
+
+/// A controller for the ChannelScalers of `namespace` (a Lease of its own),
+/// and the address of its `/metrics`.
+pub fn controller(namespace: &str) -> (Service, String) {
+    let controller = Service::spawn(
+        "osmosis-autoscaler",
+        &[
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--namespace",
+            namespace,
+            "--lease-name",
+            &format!("osmosis-autoscaler-{namespace}-{}", std::process::id()),
+        ],
+        &[(
+            "KUBECONFIG",
+            std::env::var(KUBECONFIG_ENV).unwrap_or_else(|_| {
+                panic!("{KUBECONFIG_ENV} is not set: call kube::client() first")
+            }),
+        )],
+    );
+    let metrics_addr = controller.wait_for_log("listening", Duration::from_secs(90))["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (controller, metrics_addr)
 }

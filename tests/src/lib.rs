@@ -8,6 +8,8 @@
 //! - [`process`]: the gateway and worker binaries as child processes whose
 //!   logs are kept and printed when a test fails.
 //! - [`sse`]: reading event streams with a real SSE parser.
+//! - [`secure_kafka`]: the test broker's SASL_SSL listener (SCRAM over
+//!   TLS, from `OSMOSIS_TEST_KAFKA_SASL_SSL` and its CA and credentials).
 //! - [`kube`]: the test Kubernetes API server (from `OSMOSIS_TEST_KUBECONFIG`).
 //!
 //! Nothing here skips: when Kafka or a binary is missing, the test fails with
@@ -16,6 +18,7 @@
 pub mod kafka;
 pub mod kube;
 pub mod process;
+pub mod secure_kafka;
 pub mod sse;
 
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use osmosis_support::kafka::{ClientSettings, LoggingContext};
+use osmosis_support::kafka::{ClientRole, ClientSettings, LoggingContext, check_connection};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -24,6 +24,9 @@ use crate::config::WorkerConfig;
 use crate::error::Error;
 use crate::metrics::{Metrics, PartitionLabels};
 
+/// The longest the start-up waits for Kafka's first answer.
+const START_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The clients [`connect`] made.
 pub(crate) struct Clients {
     /// Subscribed to the channel; stores offsets only when told to, and
@@ -34,8 +37,9 @@ pub(crate) struct Clients {
     pub(crate) producer: FutureProducer,
 }
 
-/// Creates the consumer (subscribed to the channel) and the producer, and
-/// the dead-letter topic when it is missing.
+/// Checks that Kafka answers and accepts the shared properties'
+/// credentials, then creates the consumer (subscribed to the channel) and
+/// the producer, and the dead-letter topic when it is missing.
 pub(crate) async fn connect(
     config: &WorkerConfig,
     metrics: &Arc<Metrics>,
@@ -67,6 +71,14 @@ pub(crate) async fn connect(
         .user(config.producer_properties.iter().map(|(k, v)| (k, v)))
         .fixed(&[("acks", "all"), ("enable.idempotence", "true")])
         .build();
+    // Bad credentials or an untrusted certificate never fail a request,
+    // they make it wait: say so at start-up instead.
+    let shared_config = shared.build();
+    tokio::task::spawn_blocking(move || {
+        check_connection(&shared_config, ClientRole::Producer, START_CHECK_TIMEOUT)
+    })
+    .await
+    .expect("connection check panicked")?;
     let consumer: StreamConsumer<WorkerContext> =
         consumer_config.create_with_context(WorkerContext {
             metrics: metrics.clone(),

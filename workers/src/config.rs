@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use osmosis_support::kafka::parse_property;
 
 /// Everything the runtime needs; `#[command(flatten)]` it into a binary's
 /// own arguments.
@@ -59,19 +60,6 @@ pub struct WorkerConfig {
     /// Logging of the worker process: call `log.init()` first thing.
     #[command(flatten)]
     pub log: osmosis_support::LogArgs,
-}
-
-/// A `--*-property` value without a name and an `=`; clap shows it with
-/// the flag's name.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not name=value")]
-struct NotNameValue(String);
-
-fn parse_property(text: &str) -> Result<(String, String), NotNameValue> {
-    text.split_once('=')
-        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
-        .filter(|(name, _)| !name.is_empty())
-        .ok_or_else(|| NotNameValue(text.to_owned()))
 }
 
 impl WorkerConfig {
@@ -128,18 +116,5 @@ mod tests {
     #[test]
     fn the_group_defaults_to_the_channel() {
         assert_eq!(WorkerConfig::new("b", "orders").group(), "orders.workers");
-    }
-
-    #[test]
-    fn properties_are_name_value_pairs() {
-        assert_eq!(
-            parse_property("session.timeout.ms = 6000").unwrap(),
-            ("session.timeout.ms".into(), "6000".into())
-        );
-        assert_eq!(
-            parse_property("nonsense").unwrap_err().to_string(),
-            r#""nonsense" is not name=value"#
-        );
-        assert!(parse_property("=6000").is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! logged, a failing produce retried, so `run` only returns
 //! this before the first message.
 
+use osmosis_support::kafka::ConnectError;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -11,6 +12,8 @@ use rdkafka::types::RDKafkaErrorCode;
 pub enum Error {
     #[error("invalid Kafka client configuration: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("cannot start: {0}")]
+    Connect(#[from] ConnectError),
     #[error("channel topic {0:?} does not exist")]
     NoChannel(String),
     #[error("cannot create the dead-letter topic {topic:?}: {code}")]

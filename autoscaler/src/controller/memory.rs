@@ -2,8 +2,8 @@
 //! `namespace/name` in [`Memories`]: the scaling loop (rebuilt when the
 //! scaler's Kafka settings change), its surge watch task, and the
 //! bookkeeping that keeps status writes from becoming measurements (when
-//! a measurement is due); also the Kafka client properties read from the
-//! scaler's Secret. Does not decide anything: the [`ScalingLoop`] does.
+//! a measurement is due), built with the client properties the scaler's
+//! Secret gave (see `secret`). Does not decide anything: the [`ScalingLoop`] does.
 //! Knows nothing of the controller's context: whoever refreshes a memory
 //! starts its surge watch.
 
@@ -11,11 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
-use kube::{Client, Resource};
+use kube::Resource;
 use tokio::task::AbortHandle;
 
+use super::secret::SecretProperties;
 use crate::crd::ChannelScaler;
 use crate::estimate::EstimatorConfig;
 use crate::measure::Probe;
@@ -29,7 +28,7 @@ pub(super) struct Memories(Mutex<HashMap<String, ScalerMemory>>);
 struct ScalerMemory {
     /// Brokers, topic and group the loop's probe was built for.
     kafka_key: (String, String, String),
-    /// Client properties (from the Secret) the probe was built with.
+    /// Client properties (taken from the Secret) the probe was built with.
     properties: Vec<(String, String)>,
     /// The probe (or why its Kafka client could not be created, reported
     /// as KafkaReachable=False like any failed measurement), the estimator
@@ -101,7 +100,7 @@ impl Memories {
         &self,
         scaler: &ChannelScaler,
         key: &str,
-        properties: Vec<(String, String)>,
+        properties: SecretProperties,
         poll: Duration,
         replicas: u32,
         start_watch: impl FnOnce(Arc<ScalingLoop>) -> AbortHandle,
@@ -116,10 +115,24 @@ impl Memories {
             let mut scalers = self.0.lock().unwrap();
             let stale = scalers
                 .get(key)
-                .is_none_or(|m| m.kafka_key != kafka_key || m.properties != properties);
+                .is_none_or(|m| m.kafka_key != kafka_key || m.properties != properties.taken);
             if stale {
-                let memory =
-                    ScalerMemory::new(key, kafka_key, properties, poll, replicas, start_watch);
+                for ignored in &properties.ignored {
+                    // The key's name only: its value is someone's secret.
+                    tracing::warn!(
+                        scaler = %key,
+                        key = %ignored,
+                        "ignoring a key of the Kafka properties Secret: not a connection or authentication property"
+                    );
+                }
+                let memory = ScalerMemory::new(
+                    key,
+                    kafka_key,
+                    properties.taken,
+                    poll,
+                    replicas,
+                    start_watch,
+                );
                 replaced = scalers.insert(key.to_owned(), memory);
             }
             let memory = scalers.get_mut(key).expect("inserted above");
@@ -224,23 +237,4 @@ impl ScalerMemory {
     fn forgotten(&self) -> bool {
         self.measured_at.elapsed() > self.poll * 3 + Duration::from_secs(60)
     }
-}
-
-/// librdkafka properties from the scaler's Secret, if it names one.
-pub(super) async fn kafka_properties(
-    client: &Client,
-    namespace: &str,
-    scaler: &ChannelScaler,
-) -> Result<Vec<(String, String)>, kube::Error> {
-    let Some(secret) = &scaler.spec.kafka.properties_secret_ref else {
-        return Ok(Vec::new());
-    };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let secret = secrets.get(&secret.name).await?;
-    Ok(secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, value)| (name, String::from_utf8_lossy(&value.0).into_owned()))
-        .collect())
 }
