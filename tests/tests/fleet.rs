@@ -439,3 +439,91 @@ async fn a_fleet_grows_shrinks_and_loses_a_member_without_losing_a_reply() {
     }
     drop((first, fourth, worker));
 }
+
+/// A reply topic with fewer partitions than gateways: the gateway left
+/// without one says so, is not ready, answers its request route with 503 +
+/// Retry-After, and still publishes; once a partition frees up (the other
+/// gateway stops), it takes it and serves request mode.
+#[tokio::test]
+async fn a_gateway_without_a_reply_partition_says_so_and_takes_one_when_freed() {
+    let channel = kafka::create_topic("fleet.one.requests", 1).await;
+    let replies = kafka::create_topic("fleet.one.replies", 1).await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\n\
+         kafka: {{ brokers: \"{brokers}\" }}\n\
+         channels: {{ {channel}: {{}} }}\n\
+         replies: {{ topic: {replies}, assignment_timeout_ms: 3000 }}\n\
+         routes:\n  \
+         - {{ method: POST, path: /work, channel: {channel}, mode: request, timeout_ms: 10000 }}\n  \
+         - {{ method: POST, path: /note, channel: {channel} }}\n",
+        brokers = kafka::bootstrap(),
+    );
+    let worker = Worker::start("examples/echo", kafka::bootstrap(), &channel, &[]);
+    worker.wait_assigned();
+    let owner = Gateway::start(&yaml);
+    let spare = Gateway::start(&yaml);
+    spare.service.wait_for_log(
+        "this gateway owns no reply partition",
+        Duration::from_secs(30),
+    );
+
+    let http = reqwest::Client::new();
+    let ready = http.get(spare.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let refused = http
+        .post(spare.url("/work"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("owns no reply partition"),
+        "{problem}"
+    );
+    let published = http
+        .post(spare.url("/note"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        published.status(),
+        StatusCode::ACCEPTED,
+        "publish routes work"
+    );
+    let replied = http
+        .post(owner.url("/work"))
+        .body("to the owner")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replied.text().await.unwrap(), "to the owner");
+
+    let mut owner = owner;
+    owner.service.signal(Signal::SIGTERM);
+    owner.service.wait_exit(Duration::from_secs(30));
+    let got = eventually(
+        Duration::from_secs(30),
+        "the spare gateway to serve",
+        || {
+            let (http, url) = (http.clone(), spare.url("/work"));
+            async move {
+                let response = http.post(url).body("to the spare").send().await.ok()?;
+                if response.status() != StatusCode::OK {
+                    return None;
+                }
+                response.text().await.ok()
+            }
+        },
+    )
+    .await;
+    assert_eq!(got, "to the spare");
+    let ready = http.get(spare.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}

@@ -107,6 +107,11 @@ pub struct RepliesConfig {
     /// its partitions.
     #[serde(default)]
     pub group: Option<String>,
+    /// How long start-up waits for the group to assign this gateway a
+    /// reply partition before it serves anyway (publish routes only, not
+    /// ready, until one is assigned).
+    #[serde(default = "default_assignment_timeout_ms")]
+    pub assignment_timeout_ms: u64,
     /// Deprecated and ignored: reply partitions follow group membership.
     /// Accepted for one release so that old configurations still start.
     #[serde(default)]
@@ -128,6 +133,7 @@ impl Default for RepliesConfig {
             topic: default_replies_topic(),
             partitions: default_partitions(),
             group: None,
+            assignment_timeout_ms: default_assignment_timeout_ms(),
             instance: None,
             instances: None,
             cache: ReplyCacheConfig::default(),
@@ -419,6 +425,9 @@ fn default_max_wait_ms() -> u64 {
 }
 fn default_replies_topic() -> String {
     "osmosis.replies".into()
+}
+fn default_assignment_timeout_ms() -> u64 {
+    30_000
 }
 fn default_lookup_max_records() -> u64 {
     100_000

@@ -51,10 +51,6 @@ use lookup::ReplyLog;
 use membership::{Change, MembershipContext, Ownership};
 use tails::PartitionTails;
 
-/// How long start-up waits for the group to assign this instance a reply
-/// partition before it serves anyway (publish routes only, not ready).
-const FIRST_ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// A request waiting on this instance for its events.
 struct Waiter {
     events: broadcast::Sender<Arc<ReplyEvent>>,
@@ -178,11 +174,14 @@ impl ReplyHub {
         tokio::spawn(consume(Arc::clone(&hub), consumer));
         tokio::spawn(follow_membership(Arc::downgrade(&hub), changes));
         tokio::spawn(sweep(Arc::downgrade(&hub)));
-        if !ownership.first_assignment(FIRST_ASSIGNMENT_TIMEOUT).await {
+        let patience = Duration::from_millis(replies.assignment_timeout_ms);
+        if !ownership.first_assignment(patience).await {
             tracing::warn!(
                 topic = %replies.topic,
                 %group,
-                "this gateway owns no reply partition: request routes answer 503 and /readyz is not ready until one is assigned; the reply topic needs at least as many partitions as gateways"
+                meanwhile = "request routes answer 503 and /readyz is not ready; publish routes work",
+                remedy = "the reply topic needs at least as many partitions as gateways",
+                "this gateway owns no reply partition"
             );
         }
         Ok(hub)
