@@ -13,6 +13,7 @@
 //! - [`event`]: one event as read from Kafka, and its decoder (a leaf).
 //! - [`lookup`]: the Kafka reads that find any request's events.
 //! - [`tails`]: one shared consumer per followed reply partition.
+//! - [`waiters`]: the requests waiting here and the recent replies.
 //! - [`membership`]: which reply partitions this instance owns (Kafka group
 //!   membership), kept in step by the consumer's rebalance callback.
 //! - this file: the [`ReplyHub`] that ties them to waiting clients.
@@ -26,14 +27,14 @@ pub mod event;
 pub mod lookup;
 pub mod membership;
 pub mod tails;
+pub mod waiters;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use moka::sync::Cache;
 use osmosis_protocol::{EventKind, ReplyAddress, ReplyEnvelope, RequestId};
 use osmosis_support::kafka::{ClientSettings, owned_header_pairs};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -50,12 +51,7 @@ use crate::writer::{OutboundRecord, RecordWriter};
 use lookup::ReplyLog;
 use membership::{Change, MembershipContext, Ownership};
 use tails::PartitionTails;
-
-/// A request waiting on this instance for its events.
-struct Waiter {
-    events: broadcast::Sender<Arc<ReplyEvent>>,
-    since: Instant,
-}
+use waiters::Waiters;
 
 /// Failures of the reply side.
 #[derive(Debug, thiserror::Error)]
@@ -84,12 +80,8 @@ pub struct ReplyHub {
     leaving: CancellationToken,
     /// Resolves once the consumer has closed.
     left: tokio::sync::Notify,
-    /// Requests accepted here whose final reply has not arrived.
-    waiting: Mutex<HashMap<RequestId, Waiter>>,
-    /// Final replies seen recently, bounded in entries, bytes and age.
-    recent: Cache<RequestId, Arc<ReplyEvent>>,
-    /// How long a request stays in `waiting` without a reply.
-    pending_ttl: Duration,
+    /// Requests accepted here waiting for their events, and recent replies.
+    waiters: Waiters,
     /// Writes the `accepted` markers.
     writer: Arc<dyn RecordWriter>,
     /// Finds events of requests this instance is not waiting on.
@@ -143,25 +135,13 @@ impl ReplyHub {
             .subscribe(&[&replies.topic])
             .map_err(consumer_error)?;
 
-        let cache = &replies.cache;
-        // Every entry weighs at least max_bytes / max_entries, so the byte
-        // bound also bounds the entry count.
-        let floor = (cache.max_bytes / cache.max_entries).max(1);
         let hub = Arc::new(Self {
             topic: replies.topic.clone(),
             ownership: Arc::clone(&ownership),
             following_released: Mutex::new(HashMap::new()),
             leaving: CancellationToken::new(),
             left: tokio::sync::Notify::new(),
-            waiting: Mutex::new(HashMap::new()),
-            recent: Cache::builder()
-                .max_capacity(cache.max_bytes)
-                .weigher(move |_, event: &Arc<ReplyEvent>| {
-                    event.weight().max(floor).min(u64::from(u32::MAX)) as u32
-                })
-                .time_to_live(Duration::from_secs(cache.ttl_secs))
-                .build(),
-            pending_ttl: Duration::from_secs(cache.ttl_secs),
+            waiters: Waiters::new(&replies.cache),
             writer,
             log: Arc::new(ReplyLog::new(
                 replies.topic.clone(),
@@ -212,14 +192,7 @@ impl ReplyHub {
     /// Registers a request before it is written, so that no reply can
     /// arrive unseen; returns the receiver of its events.
     pub fn wait_for(self: &Arc<Self>, id: RequestId) -> broadcast::Receiver<Arc<ReplyEvent>> {
-        let events = {
-            let mut waiting = self.waiting.lock().unwrap();
-            let waiter = waiting.entry(id).or_insert_with(|| Waiter {
-                events: broadcast::channel(64).0,
-                since: Instant::now(),
-            });
-            waiter.events.subscribe()
-        };
+        let events = self.waiters.register(id);
         // The partition may have moved away between naming it and now.
         if let Some(partition) = id.reply_partition()
             && !self.ownership.owns(partition)
@@ -232,7 +205,7 @@ impl ReplyHub {
 
     /// Forgets a request that was never written.
     pub fn forget(&self, id: &RequestId) {
-        self.waiting.lock().unwrap().remove(id);
+        self.waiters.forget(id);
     }
 
     /// Writes the request's `accepted` event onto its reply partition, so
@@ -271,15 +244,15 @@ impl ReplyHub {
 
     /// The final reply, if this instance has it in memory.
     pub fn recent(&self, id: &RequestId) -> Option<Arc<ReplyEvent>> {
-        self.recent.get(id)
+        self.waiters.recent(id)
     }
 
     /// What is known about `id`: from memory, else from Kafka.
     pub async fn find(&self, id: RequestId) -> Result<Lookup, RepliesError> {
-        if let Some(reply) = self.recent.get(&id) {
+        if let Some(reply) = self.waiters.recent(&id) {
             return Ok(Lookup::Replied(reply));
         }
-        if self.waiting.lock().unwrap().contains_key(&id) {
+        if self.waiters.is_waiting(&id) {
             return Ok(Lookup::Pending);
         }
         let Some(partition) = id.reply_partition() else {
@@ -290,7 +263,7 @@ impl ReplyHub {
             .await
             .expect("lookup task panicked")?;
         if let Lookup::Replied(reply) = &found {
-            self.recent.insert(id, Arc::clone(reply));
+            self.waiters.remember(id, Arc::clone(reply));
         }
         Ok(found)
     }
@@ -324,15 +297,6 @@ impl ReplyHub {
         rx
     }
 
-    /// Whether a request accepted here still waits for a reply on `partition`.
-    fn has_waiters_on(&self, partition: i32) -> bool {
-        self.waiting
-            .lock()
-            .unwrap()
-            .keys()
-            .any(|id| id.reply_partition() == Some(partition))
-    }
-
     /// Follows a partition this instance gave away, from `from`, for the
     /// requests still waiting here (once per partition at a time).
     fn follow_released(self: &Arc<Self>, partition: i32, from: i64) {
@@ -364,7 +328,7 @@ impl ReplyHub {
     ) {
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let done =
-            |next: i64| next >= stop_at.load(Ordering::Relaxed) || !self.has_waiters_on(partition);
+            |next: i64| next >= stop_at.load(Ordering::Relaxed) || !self.waiters.any_on(partition);
         'follow: while !done(next) {
             let mut events = self.follow_partition(partition, next);
             loop {
@@ -380,7 +344,7 @@ impl ReplyHub {
                 match received {
                     Some(Ok(event)) if event.offset < stop_at.load(Ordering::Relaxed) => {
                         next = event.offset + 1;
-                        self.deliver(event);
+                        self.waiters.deliver(event);
                     }
                     Some(Ok(_)) => break 'follow,
                     Some(Err(error)) => {
@@ -401,36 +365,13 @@ impl ReplyHub {
     /// Every event of `partition` from `start` on, through the shared tail.
     fn follow_partition(&self, partition: i32, start: i64) -> FollowReceiver {
         let (tx, rx) = mpsc::channel(1024);
-        let (tails, limit) = (Arc::clone(&self.tails), self.pending_ttl);
+        let (tails, limit) = (Arc::clone(&self.tails), self.waiters.ttl());
         tokio::task::spawn_blocking(move || {
             if let Err(error) = tails.follow(partition, None, start, limit, tx.clone()) {
                 let _ = tx.blocking_send(Err(error.into()));
             }
         });
         rx
-    }
-
-    /// Hands a consumed event to its waiter and remembers final replies.
-    fn deliver(&self, event: Arc<ReplyEvent>) {
-        let id = event.envelope.id;
-        match event.envelope.kind {
-            EventKind::Final => {
-                if self.recent.contains_key(&id) {
-                    // A redelivered duplicate: the client had its reply.
-                    return;
-                }
-                self.recent.insert(id, Arc::clone(&event));
-                if let Some(waiter) = self.waiting.lock().unwrap().remove(&id) {
-                    let _ = waiter.events.send(event);
-                }
-            }
-            EventKind::Progress => {
-                if let Some(waiter) = self.waiting.lock().unwrap().get(&id) {
-                    let _ = waiter.events.send(event);
-                }
-            }
-            EventKind::Accepted => {}
-        }
     }
 }
 
@@ -445,7 +386,7 @@ async fn consume(hub: Arc<ReplyHub>, consumer: StreamConsumer<MembershipContext>
         match received {
             Ok(message) => {
                 if let Some(event) = ReplyEvent::decode(&message) {
-                    hub.deliver(Arc::new(event));
+                    hub.waiters.deliver(Arc::new(event));
                 }
             }
             Err(error) => tracing::warn!(%error, "reply consumer error"),
@@ -470,7 +411,7 @@ async fn follow_membership(hub: Weak<ReplyHub>, mut changes: mpsc::UnboundedRece
         match change {
             Change::Revoked(released) => {
                 for (partition, from) in released {
-                    if from >= 0 && hub.has_waiters_on(partition) {
+                    if from >= 0 && hub.waiters.any_on(partition) {
                         hub.follow_released(partition, from);
                     }
                 }
@@ -488,15 +429,11 @@ async fn follow_membership(hub: Weak<ReplyHub>, mut changes: mpsc::UnboundedRece
 }
 
 /// Drops waiters whose reply never came, so that memory stays bounded.
-async fn sweep(hub: std::sync::Weak<ReplyHub>) {
+async fn sweep(hub: Weak<ReplyHub>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
         let Some(hub) = hub.upgrade() else { return };
-        let ttl = hub.pending_ttl;
-        hub.waiting
-            .lock()
-            .unwrap()
-            .retain(|_, waiter| waiter.since.elapsed() < ttl);
+        hub.waiters.sweep();
     }
 }
