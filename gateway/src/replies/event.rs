@@ -62,3 +62,25 @@ pub enum FollowError {
 pub type FollowSender = mpsc::Sender<Result<Arc<ReplyEvent>, FollowError>>;
 /// The receiving end of a [`FollowSender`].
 pub type FollowReceiver = mpsc::Receiver<Result<Arc<ReplyEvent>, FollowError>>;
+
+#[cfg(test)]
+impl ReplyEvent {
+    /// An event of `kind` for `id` at `offset`, for unit tests.
+    pub fn fixture(
+        id: osmosis_protocol::RequestId,
+        kind: osmosis_protocol::EventKind,
+        offset: i64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            envelope: ReplyEnvelope {
+                id,
+                kind,
+                status: 200,
+                content_type: None,
+                headers: Vec::new(),
+            },
+            body: Bytes::from_static(b"done"),
+            offset,
+        })
+    }
+}

@@ -276,25 +276,14 @@ mod tests {
     //! The tail's bookkeeping without a broker: who gets which record, and
     //! when a tail rewinds.
 
-    use bytes::Bytes;
-    use osmosis_protocol::{ReplyEnvelope, RequestId};
+    use osmosis_protocol::RequestId;
     use tokio::sync::mpsc;
 
     use super::*;
     use crate::replies::event::FollowReceiver;
 
     fn event(id: RequestId, kind: EventKind, offset: i64) -> Arc<ReplyEvent> {
-        Arc::new(ReplyEvent {
-            envelope: ReplyEnvelope {
-                id,
-                kind,
-                status: 200,
-                content_type: None,
-                headers: Vec::new(),
-            },
-            body: Bytes::new(),
-            offset,
-        })
+        ReplyEvent::fixture(id, kind, offset)
     }
 
     const FOLLOWER_BUFFER: usize = 16;

@@ -123,23 +123,10 @@ impl Waiters {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use osmosis_protocol::ReplyEnvelope;
-
     use super::*;
 
     fn event(id: RequestId, kind: EventKind) -> Arc<ReplyEvent> {
-        Arc::new(ReplyEvent {
-            envelope: ReplyEnvelope {
-                id,
-                kind,
-                status: 200,
-                content_type: None,
-                headers: Vec::new(),
-            },
-            body: Bytes::from_static(b"done"),
-            offset: 0,
-        })
+        ReplyEvent::fixture(id, kind, 0)
     }
 
     #[test]
