@@ -21,7 +21,7 @@ use nix::sys::signal::Signal;
 use osmosis_e2e::kafka;
 use osmosis_e2e::process::{Gateway, Worker};
 
-use crate::load::{Sample, open_loop};
+use crate::load::{Sample, header, open_loop};
 
 #[derive(Parser)]
 pub struct FleetArgs {
@@ -43,10 +43,9 @@ pub struct FleetArgs {
 }
 
 /// The fleet's members in the clients' rotation, by base URL.
-type Rotation = Arc<Mutex<Vec<String>>>;
+pub(crate) type Rotation = Arc<Mutex<Vec<String>>>;
 
 pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let phase = Duration::from_secs(args.seconds);
     let channel = kafka::create_topic_on(&args.brokers, "bench.fleet.requests", 3).await;
     let replies =
@@ -98,15 +97,12 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
     let during_leave = open_loop(args.rate, phase, op.clone()).await;
     let left_cleanly = left.await?;
 
-    println!("## Request-reply latency through a gateway fleet during membership changes\n");
-    println!(
-        "`{command}` — {} cores, Kafka {}, {} gateways, {} reply partitions, the `echo` worker, {} req/s open-loop, {} s per phase\n",
-        std::thread::available_parallelism().map_or(0, usize::from),
-        std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "(KAFKA_VERSION unset)".into()),
-        args.gateways,
-        args.reply_partitions,
-        args.rate,
-        args.seconds,
+    header(
+        "Request-reply latency through a gateway fleet during membership changes",
+        &format!(
+            "{} gateways, {} reply partitions, the `echo` worker, {} req/s open-loop, {} s per phase",
+            args.gateways, args.reply_partitions, args.rate, args.seconds,
+        ),
     );
     println!("| phase | requests | p50 ms | p99 ms | p99.9 ms | max ms | errors | p99 / steady |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
@@ -127,20 +123,15 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
 
 fn row(name: &str, sample: &Sample, steady_p99: f64) {
     println!(
-        "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.2} |",
-        sample.records,
-        sample.ms(0.5),
-        sample.ms(0.99),
-        sample.ms(0.999),
-        sample.latency.max() as f64 / 1000.0,
-        sample.errors,
-        sample.ms(0.99) / steady_p99,
+        "| {name} | {} | {:.2} |",
+        sample.cells(),
+        sample.ms(0.99) / steady_p99
     );
 }
 
 /// One request-mode call to the next member in rotation; a success is a
 /// 200 carrying the request's own body.
-fn request_op(
+pub(crate) fn request_op(
     http: reqwest::Client,
     rotation: Rotation,
 ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>

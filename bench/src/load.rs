@@ -26,6 +26,19 @@ impl Sample {
     pub fn ms(&self, quantile: f64) -> f64 {
         self.latency.value_at_quantile(quantile) as f64 / 1000.0
     }
+
+    /// Table cells: done, p50, p99, p99.9 and max (ms), errors.
+    pub fn cells(&self) -> String {
+        format!(
+            "{} | {:.1} | {:.1} | {:.1} | {:.1} | {}",
+            self.records,
+            self.ms(0.5),
+            self.ms(0.99),
+            self.ms(0.999),
+            self.latency.max() as f64 / 1000.0,
+            self.errors,
+        )
+    }
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -112,4 +125,17 @@ where
         elapsed,
         latency,
     }
+}
+
+/// The header line of a table: the command that produced it, the machine's
+/// cores and the broker's version (`KAFKA_VERSION`, set by
+/// `scripts/bench.sh`), then the run's own `details`.
+pub fn header(title: &str, details: &str) {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    println!("## {title}\n");
+    println!(
+        "`{command}` — {} cores, Kafka {}, {details}\n",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "(KAFKA_VERSION unset)".into()),
+    );
 }

@@ -29,7 +29,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
-use crate::load::{Sample, open_loop};
+use crate::fleet::request_op;
+use crate::load::{Sample, header, open_loop};
 
 #[derive(Parser)]
 pub struct ReplyArgs {
@@ -48,7 +49,6 @@ pub struct ReplyArgs {
 }
 
 pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let duration = Duration::from_secs(args.seconds);
 
     let channel =
@@ -62,10 +62,13 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
          kafka: {{ brokers: \"{brokers}\" }}\n\
          channels: {{ {channel}: {{}} }}\n\
          replies: {{ topic: {replies} }}\n\
-         routes:\n  - {{ method: POST, path: /echo, channel: {channel}, mode: request, timeout_ms: 30000, max_wait_ms: 30000 }}\n",
+         routes:\n  - {{ method: POST, path: /work, channel: {channel}, mode: request, timeout_ms: 30000, max_wait_ms: 30000 }}\n",
         brokers = args.brokers,
     ));
-    let gateway_op = gateway_op(gateway.url("/echo"))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let gateway_op = request_op(http, Arc::new(Mutex::new(vec![gateway.url("")])));
 
     let raw = RawRoundTrip::start(&args.brokers, args.partitions).await?;
     let raw_op = raw.op();
@@ -81,13 +84,12 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
         rows.push((*rate, gateway_sample, raw_sample));
     }
 
-    println!("## Request-reply round trip: the gateway against Kafka's own round trip\n");
-    println!(
-        "`{command}` — {} cores, Kafka {}, one `echo` worker, {} partitions, open-loop, {} s per rate, both paths against the same broker in one run\n",
-        std::thread::available_parallelism().map_or(0, usize::from),
-        std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "(KAFKA_VERSION unset)".into()),
-        args.partitions,
-        args.seconds,
+    header(
+        "Request-reply round trip: the gateway against Kafka's own round trip",
+        &format!(
+            "one `echo` worker, {} partitions, open-loop, {} s per rate, both paths against the same broker in one run",
+            args.partitions, args.seconds,
+        ),
     );
     println!("| rate/s | path | done | p50 ms | p99 ms | p99.9 ms | max ms | errors |");
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
@@ -120,38 +122,10 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
 }
 
 fn line(rate: f64, path: &str, sample: &Sample) {
-    println!(
-        "| {rate:.0} | {path} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
-        sample.records,
-        sample.ms(0.5),
-        sample.ms(0.99),
-        sample.ms(0.999),
-        sample.latency.max() as f64 / 1000.0,
-        sample.errors,
-    );
+    println!("| {rate:.0} | {path} | {} |", sample.cells());
 }
 
 type Op = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
-
-/// One request-mode call; a success is a 200 carrying the request's body.
-fn gateway_op(url: String) -> anyhow::Result<impl Fn() -> Op + Clone + Send + 'static> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    let counter = Arc::new(AtomicU64::new(0));
-    Ok(move || {
-        let (http, url) = (http.clone(), url.clone());
-        let sent = format!("request {}", counter.fetch_add(1, Ordering::Relaxed));
-        Box::pin(async move {
-            match http.post(&url).body(sent.clone()).send().await {
-                Ok(response) if response.status() == reqwest::StatusCode::OK => {
-                    response.text().await.is_ok_and(|got| got == sent)
-                }
-                _ => false,
-            }
-        }) as Op
-    })
-}
 
 /// Kafka's own request-reply round trip: a plain echo service between two
 /// topics and a caller that matches replies to requests by key.
