@@ -150,6 +150,7 @@ pub async fn run(
         )));
     }
     let shutdown_token = state.shutdown.clone();
+    let grace_ending = state.grace_ending.clone();
     let app = server::app(&config, state);
     match listener.local_addr() {
         Ok(addr) => tracing::info!(%addr, routes = config.routes.len(), "listening"),
@@ -167,7 +168,12 @@ pub async fn run(
     let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
     let drain_deadline = async move {
         if stopping_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
+            // Requests still waiting for a reply answer 202 + Location a
+            // moment before the cut: they are in Kafka, the client polls.
+            let answer_margin = (grace / 10).min(Duration::from_millis(500));
+            tokio::time::sleep(grace - answer_margin).await;
+            grace_ending.cancel();
+            tokio::time::sleep(answer_margin).await;
         } else {
             std::future::pending::<()>().await;
         }

@@ -568,3 +568,48 @@ async fn an_expired_request_is_not_processed() {
         "the handler never ran"
     );
 }
+
+/// A request waiting for its reply when the gateway is stopped gets 202 +
+/// Location before the grace period cuts its connection (it is in Kafka),
+/// and its reply is found there on another instance once the worker is done.
+#[tokio::test]
+async fn a_waiting_request_gets_its_location_when_the_gateway_stops() {
+    let setup = Setup::new("rr.stopping", 1).await;
+    let yaml = format!("shutdown_grace_ms: 1500\n{}", setup.gateway_yaml("", ""));
+    let mut gateway = Gateway::start_with(&yaml, &["--create-topics"]);
+    let worker = setup.worker(SLOW, &["--work-ms", "4000", "--echo"]);
+    worker.wait_assigned();
+    let http = client();
+    let waiting = tokio::spawn({
+        let (http, url) = (http.clone(), gateway.url("/work"));
+        async move { http.post(url).body("outlives its gateway").send().await }
+    });
+    // The call is waiting once the worker has it.
+    eventually(
+        Duration::from_secs(30),
+        "the request to be in the worker's hands",
+        || async { (worker.metric("osmosis_worker_in_flight").await? >= 1.0).then_some(()) },
+    )
+    .await;
+
+    gateway.service.signal(Signal::SIGTERM);
+    let response = waiting
+        .await
+        .unwrap()
+        .expect("an answer, not a cut connection");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(gateway.service.wait_exit(Duration::from_secs(30)).success());
+
+    let other = Gateway::start(&setup.gateway_yaml("", ""));
+    let reply = eventually(
+        Duration::from_secs(30),
+        "the reply at its location",
+        || async {
+            let response = http.get(other.url(&location)).send().await.ok()?;
+            (response.status() == StatusCode::OK).then_some(response)
+        },
+    )
+    .await;
+    assert_eq!(reply.text().await.unwrap(), "outlives its gateway");
+}

@@ -76,7 +76,13 @@ pub(super) async fn send_and_wait(
     let preference = Preference::parse(&head.headers, route.timeout, route.max_wait);
     let reply = match preference.respond_async {
         true => None,
-        false => final_reply(&hub, id, events, preference.wait).await,
+        false => {
+            tokio::select! {
+                reply = final_reply(&hub, id, events, preference.wait) => reply,
+                // The gateway is stopping: the reply is polled elsewhere.
+                () = state.grace_ending.cancelled() => None,
+            }
+        }
     };
     Ok(match reply {
         Some(reply) => reply_response(&reply),

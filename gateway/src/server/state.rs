@@ -30,6 +30,10 @@ pub struct AppState {
     /// being accepted by a process that is about to exit, and open event
     /// streams end with a final event.
     pub shutdown: CancellationToken,
+    /// Cancelled just before the shutdown grace period ends: request-mode
+    /// calls still waiting for their reply answer 202 + `Location` instead
+    /// of having their connection cut.
+    pub grace_ending: CancellationToken,
     /// How long a 503 tells clients to wait when Kafka cannot take a write.
     pub retry_after: Duration,
     /// The reply side; `None` when no route waits for replies.
@@ -55,6 +59,7 @@ impl AppState {
             streams: StreamContext::new(sse, shutdown.clone(), Arc::clone(&metrics)),
             metrics,
             shutdown,
+            grace_ending: CancellationToken::new(),
             retry_after,
             replies: None,
             subscriptions: None,
