@@ -280,6 +280,25 @@ impl Worker {
             });
     }
 
+    /// Waits until a metric sample line reads `value`: a worker counts a
+    /// message once its reply or dead letter is acknowledged, a moment after
+    /// a client may already have seen it. Panics with the last reading after
+    /// `timeout`.
+    pub async fn wait_metric(&self, sample: &str, value: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let reading = self.metric(sample).await;
+            if reading == Some(value) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sample} read {reading:?}, not {value}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The value of a metric sample line (e.g. `osmosis_worker_in_flight`).
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         let text = reqwest::get(format!("http://{}/metrics", self.metrics_addr))

@@ -153,8 +153,7 @@ async fn an_unreachable_upstream_is_retried_then_dead_lettered() {
     let dead = &kafka::read_records(&format!("{channel}.dlq"), 1, Duration::from_secs(30))[0];
     assert_eq!(dead.value, b"lost upstream");
     assert_eq!(dead.header("osmosis-attempts"), Some("3"));
-    assert_eq!(
-        worker.metric("osmosis_worker_retries_total").await,
-        Some(2.0)
-    );
+    worker
+        .wait_metric("osmosis_worker_retries_total", 2.0, Duration::from_secs(10))
+        .await;
 }

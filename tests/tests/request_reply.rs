@@ -332,12 +332,13 @@ async fn a_killed_worker_s_message_is_redelivered_and_replied_once() {
         .to_owned();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["bytes"], 7);
-    assert_eq!(
-        survivor
-            .metric("osmosis_worker_messages_total{outcome=\"replied\"}")
-            .await,
-        Some(1.0)
-    );
+    survivor
+        .wait_metric(
+            "osmosis_worker_messages_total{outcome=\"replied\"}",
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
     assert_eq!(finals(&setup.replies)[&id].len(), 1, "exactly one reply");
 }
 
@@ -500,16 +501,16 @@ async fn a_failing_handler_is_retried_then_dead_lettered() {
         dead.header("osmosis-source"),
         Some(format!("{}/0/0", setup.channel).as_str())
     );
-    assert_eq!(
-        worker.metric("osmosis_worker_retries_total").await,
-        Some(2.0)
-    );
-    assert_eq!(
-        worker
-            .metric("osmosis_worker_messages_total{outcome=\"dead_lettered\"}")
-            .await,
-        Some(1.0)
-    );
+    worker
+        .wait_metric("osmosis_worker_retries_total", 2.0, Duration::from_secs(10))
+        .await;
+    worker
+        .wait_metric(
+            "osmosis_worker_messages_total{outcome=\"dead_lettered\"}",
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
 }
 
 /// A request whose deadline passed before a worker took it is not
@@ -554,12 +555,13 @@ async fn an_expired_request_is_not_processed() {
     )
     .await;
     assert_eq!(reply.status(), StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(
-        worker
-            .metric("osmosis_worker_messages_total{outcome=\"expired\"}")
-            .await,
-        Some(1.0)
-    );
+    worker
+        .wait_metric(
+            "osmosis_worker_messages_total{outcome=\"expired\"}",
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await;
     assert_eq!(
         worker
             .metric("osmosis_worker_messages_total{outcome=\"replied\"}")
