@@ -68,22 +68,23 @@ async fn replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
 }
 
 /// `count` messages keyed `<prefix><i>` into `topic`, each acknowledged.
+/// Writes `count` records as one burst: all sent before any acknowledgement
+/// is awaited, so that a burst lands within one surge-watch interval rather
+/// than trickling over several.
 async fn produce(topic: &str, prefix: &str, count: usize) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", kafka::bootstrap())
         .create()
         .unwrap();
-    for i in 0..count {
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .key(&format!("{prefix}{i}"))
-                    .payload("work"),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
+    let sends = keys.iter().map(|key| {
+        producer.send(
+            FutureRecord::to(topic).key(key).payload("work"),
+            Duration::from_secs(10),
+        )
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.map_err(|(e, _)| e).unwrap();
     }
 }
 
