@@ -1,12 +1,15 @@
 //! The start-up check of the topics the gateway writes to: every channel
 //! (and the reply topic) must exist; `--create-topics` creates the missing
-//! ones with their configured partitions first.
+//! ones with their configured partitions, replication and min in-sync
+//! replicas first. An existing topic whose durability is weaker than the
+//! configuration asks for is a warning, not a refusal: the operator may
+//! know better, but must hear of it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use osmosis_support::kafka::LoggingContext;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
@@ -45,23 +48,62 @@ pub async fn ensure_topics(
     if create {
         create_topics(writer, topics, metadata_timeout).await?;
     }
-    for topic in topics.keys() {
+    for (topic, wanted) in topics {
         let producer = writer.producer().clone();
         let topic_name = topic.clone();
-        let exists = tokio::task::spawn_blocking(move || {
-            topic_has_partitions(&producer, &topic_name, metadata_timeout)
+        let replicas = tokio::task::spawn_blocking(move || {
+            replication_of(&producer, &topic_name, metadata_timeout)
         })
         .await
         .expect("metadata task panicked")
         .map_err(|source| TopicSetupError::Metadata {
             topic: topic.clone(),
             source,
-        })?;
-        if !exists {
-            return Err(TopicSetupError::Missing(topic.clone()));
+        })?
+        .ok_or_else(|| TopicSetupError::Missing(topic.clone()))?;
+        if replicas < wanted.replication_factor {
+            tracing::warn!(
+                topic,
+                replicas,
+                configured = wanted.replication_factor,
+                "the topic has fewer replicas than configured: an acknowledged write survives fewer broker losses"
+            );
+        }
+        if let Some(wanted_min) = wanted.min_insync_replicas {
+            check_min_insync(writer, topic, wanted_min, metadata_timeout).await;
         }
     }
     Ok(())
+}
+
+/// Warns when the topic's `min.insync.replicas` is below `wanted` (or
+/// cannot be read).
+async fn check_min_insync(writer: &KafkaWriter, topic: &str, wanted: i32, timeout: Duration) {
+    let found = async {
+        let admin: AdminClient<DefaultClientContext> = writer.client_config().create().ok()?;
+        let options = AdminOptions::new().request_timeout(Some(Timeout::After(timeout)));
+        let described = admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
+            .await
+            .ok()?;
+        let resource = described.into_iter().next()?.ok()?;
+        resource
+            .get("min.insync.replicas")?
+            .value
+            .as_deref()?
+            .parse::<i32>()
+            .ok()
+    };
+    match found.await {
+        Some(min) if min >= wanted => {}
+        Some(min) => tracing::warn!(
+            topic,
+            min_insync_replicas = min,
+            configured = wanted,
+            "the topic acknowledges writes with fewer in-sync replicas than configured"
+        ),
+        None => tracing::warn!(topic, "cannot read the topic's min.insync.replicas"),
+    }
 }
 
 async fn create_topics(
@@ -73,14 +115,23 @@ async fn create_topics(
         .client_config()
         .create()
         .map_err(TopicSetupError::Client)?;
+    let min_insync: Vec<Option<String>> = topics
+        .values()
+        .map(|channel| channel.min_insync_replicas.map(|min| min.to_string()))
+        .collect();
     let new_topics: Vec<NewTopic> = topics
         .iter()
-        .map(|(name, channel)| {
-            NewTopic::new(
+        .zip(&min_insync)
+        .map(|((name, channel), min)| {
+            let topic = NewTopic::new(
                 name,
                 channel.partitions,
                 TopicReplication::Fixed(channel.replication_factor),
-            )
+            );
+            match min {
+                Some(min) => topic.set("min.insync.replicas", min),
+                None => topic,
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Timeout::After(
@@ -111,7 +162,10 @@ async fn create_topics(
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         for topic in names {
-            while !topic_has_partitions(&producer, &topic, metadata_timeout).unwrap_or(false)
+            while replication_of(&producer, &topic, metadata_timeout)
+                .ok()
+                .flatten()
+                .is_none()
                 && Instant::now() < deadline
             {
                 std::thread::sleep(Duration::from_millis(100));
@@ -123,14 +177,22 @@ async fn create_topics(
     Ok(())
 }
 
-fn topic_has_partitions(
+/// The replication factor of `topic` (the fewest replicas of any of its
+/// partitions); `None` when the topic does not exist or has no partitions.
+fn replication_of(
     producer: &FutureProducer<LoggingContext>,
     topic: &str,
     timeout: Duration,
-) -> Result<bool, KafkaError> {
+) -> Result<Option<i32>, KafkaError> {
     let metadata = producer.client().fetch_metadata(Some(topic), timeout)?;
     Ok(metadata
         .topics()
         .iter()
-        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .and_then(|t| {
+            t.partitions()
+                .iter()
+                .map(|p| p.replicas().len() as i32)
+                .min()
+        }))
 }

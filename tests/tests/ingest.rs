@@ -7,6 +7,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use osmosis_e2e::kafka::{self, Record};
 use osmosis_e2e::process::{Gateway, Service};
+use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -409,6 +411,70 @@ async fn create_topics_creates_the_channels_with_their_partitions() {
     let response = client()
         .post(gateway.url("/c"))
         .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+}
+
+/// `--create-topics` gives a channel the `min.insync.replicas` it is
+/// configured with, as a topic setting of its own (not the broker's default).
+#[tokio::test]
+async fn create_topics_sets_the_channels_min_insync_replicas() {
+    let topic = kafka::unique_name("ingest.durable");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nkafka: {{ brokers: \"{}\" }}\nchannels:\n  {topic}: {{ partitions: 1, replication_factor: 1, min_insync_replicas: 1 }}\nroutes:\n  - {{ method: POST, path: /d, channel: {topic} }}\n",
+        kafka::bootstrap()
+    );
+    let _gateway = Gateway::start_with(&yaml, &["--create-topics"]);
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka::bootstrap())
+        .create()
+        .unwrap();
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+        .await
+        .unwrap();
+    let resource = described.into_iter().next().unwrap().unwrap();
+    let min = resource.get("min.insync.replicas").unwrap();
+    assert_eq!(min.value.as_deref(), Some("1"));
+    assert_eq!(
+        min.source,
+        ConfigSource::DynamicTopic,
+        "set on the topic itself"
+    );
+}
+
+/// An existing channel weaker than its configuration (fewer replicas, fewer
+/// in-sync replicas required) is a warning at start-up that names both
+/// numbers; the gateway still serves.
+#[tokio::test]
+async fn a_channel_weaker_than_configured_is_a_warning_not_a_refusal() {
+    let topic = kafka::create_topic("ingest.weak", 1).await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nkafka: {{ brokers: \"{}\" }}\nchannels:\n  {topic}: {{ partitions: 1, replication_factor: 3, min_insync_replicas: 2 }}\nroutes:\n  - {{ method: POST, path: /w, channel: {topic} }}\n",
+        kafka::bootstrap()
+    );
+    let gateway = Gateway::start(&yaml);
+    let replicas = gateway.service.wait_for_log(
+        "the topic has fewer replicas than configured: an acknowledged write survives fewer broker losses",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        (
+            replicas["replicas"].as_i64(),
+            replicas["configured"].as_i64()
+        ),
+        (Some(1), Some(3))
+    );
+    let in_sync = gateway.service.wait_for_log(
+        "the topic acknowledges writes with fewer in-sync replicas than configured",
+        Duration::from_secs(10),
+    );
+    assert_eq!(in_sync["configured"].as_i64(), Some(2));
+    let response = client()
+        .post(gateway.url("/w"))
+        .body("still served")
         .send()
         .await
         .unwrap();

@@ -68,16 +68,23 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-/// How a channel topic is created by `--create-topics`.
+/// How a channel topic is created by `--create-topics`, and what the
+/// start-up check expects of an existing one.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// Partition count: the most workers that can drain the channel at once.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
-    /// Replicas of each partition.
+    /// Replicas of each partition. 1 suits a single-broker demo only: with
+    /// acks=all, "durably accepted" then means one disk.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
+    /// The topic's `min.insync.replicas`: replicas that must have a record
+    /// before Kafka acknowledges it (and the client gets its 202). None:
+    /// the broker's default. Production: replication 3, min in-sync 2.
+    #[serde(default)]
+    pub min_insync_replicas: Option<i32>,
     /// Whether clients may subscribe to the channel with
     /// `GET /v1/channels/{name}` (Server-Sent Events).
     #[serde(default)]
@@ -102,6 +109,12 @@ pub struct RepliesConfig {
     /// gateways (more lets a fleet grow without a topic change).
     #[serde(default = "default_partitions")]
     pub partitions: i32,
+    /// Replicas of each reply partition (see the channels' setting).
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// The reply topic's `min.insync.replicas`; None: the broker's default.
+    #[serde(default)]
+    pub min_insync_replicas: Option<i32>,
     /// The consumer group the gateways of one fleet share; default
     /// `osmosis-gateway.<topic>`, so gateways sharing a reply topic share
     /// its partitions.
@@ -132,6 +145,8 @@ impl Default for RepliesConfig {
         Self {
             topic: default_replies_topic(),
             partitions: default_partitions(),
+            replication_factor: default_replication_factor(),
+            min_insync_replicas: None,
             group: None,
             assignment_timeout_ms: default_assignment_timeout_ms(),
             instance: None,
@@ -320,7 +335,8 @@ impl Config {
                 self.replies.topic.clone(),
                 ChannelConfig {
                     partitions: self.replies.partitions,
-                    replication_factor: default_replication_factor(),
+                    replication_factor: self.replies.replication_factor,
+                    min_insync_replicas: self.replies.min_insync_replicas,
                     subscribable: false,
                 },
             );

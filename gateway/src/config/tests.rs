@@ -125,3 +125,22 @@ fn environment_overrides_the_file() {
         Ok(())
     });
 }
+
+#[test]
+fn min_insync_replicas_cannot_exceed_the_replicas() {
+    let yaml = MINIMAL.replace(
+        "orders: { partitions: 3 }",
+        "orders: { partitions: 3, replication_factor: 3, min_insync_replicas: 4 }",
+    );
+    assert!(error_of(&yaml).starts_with("channels.orders.min_insync_replicas:"));
+    let yaml = format!("{MINIMAL}\nreplies: {{ replication_factor: 1, min_insync_replicas: 2 }}\n");
+    assert!(error_of(&yaml).starts_with("replies.min_insync_replicas:"));
+    let yaml = MINIMAL.replace(
+        "orders: { partitions: 3 }",
+        "orders: { partitions: 3, replication_factor: 3, min_insync_replicas: 2 }",
+    );
+    assert_eq!(
+        Config::from_yaml(&yaml).unwrap().channels["orders"].min_insync_replicas,
+        Some(2)
+    );
+}

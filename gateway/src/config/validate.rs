@@ -62,12 +62,11 @@ impl Config {
                     "must be at least 1",
                 ));
             }
-            if channel.replication_factor < 1 {
-                return Err(invalid(
-                    format!("channels.{name}.replication_factor"),
-                    "must be at least 1",
-                ));
-            }
+            durability(
+                &format!("channels.{name}"),
+                channel.replication_factor,
+                channel.min_insync_replicas,
+            )?;
         }
         Ok(())
     }
@@ -80,6 +79,11 @@ impl Config {
         if replies.partitions < 1 {
             return Err(invalid("replies.partitions", "must be at least 1"));
         }
+        durability(
+            "replies",
+            replies.replication_factor,
+            replies.min_insync_replicas,
+        )?;
         if replies.group.as_deref() == Some("") {
             return Err(invalid("replies.group", "must not be empty"));
         }
@@ -152,6 +156,24 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A topic's replication factor and min in-sync replicas make sense
+/// together: a min above the replicas would refuse every write.
+fn durability(field: &str, replication: i32, min_insync: Option<i32>) -> Result<(), ConfigError> {
+    if replication < 1 {
+        return Err(invalid(
+            format!("{field}.replication_factor"),
+            "must be at least 1",
+        ));
+    }
+    match min_insync {
+        Some(min) if min < 1 || min > replication => Err(invalid(
+            format!("{field}.min_insync_replicas"),
+            format!("must be between 1 and the replication factor ({replication})"),
+        )),
+        _ => Ok(()),
     }
 }
 
