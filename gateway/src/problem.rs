@@ -19,6 +19,10 @@ pub enum Problem {
     MethodNotAllowed { method: String, path: String },
     #[error("the body exceeds the route's limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error(
+        "the record is larger than the Kafka cluster accepts (its message.max.bytes), though within the route's limit"
+    )]
+    RecordTooLarge,
     #[error("the body could not be read: {0}")]
     BodyUnreadable(String),
     #[error("{0}")]
@@ -30,6 +34,18 @@ pub enum Problem {
     },
     #[error("the gateway is shutting down")]
     ShuttingDown,
+}
+
+impl From<axum::extract::rejection::PathRejection> for Problem {
+    fn from(rejection: axum::extract::rejection::PathRejection) -> Self {
+        Problem::BadRequest(format!("the path: {}", rejection.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for Problem {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        Problem::BadRequest(format!("the query string: {}", rejection.body_text()))
+    }
 }
 
 /// The JSON body of a problem response.
@@ -46,7 +62,7 @@ impl Problem {
         match self {
             Problem::NotFound(_) | Problem::UnknownRequest(_) => StatusCode::NOT_FOUND,
             Problem::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Problem::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::BodyTooLarge { .. } | Problem::RecordTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::BodyUnreadable(_) | Problem::BadRequest(_) => StatusCode::BAD_REQUEST,
             Problem::Unavailable { .. } | Problem::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::get;
@@ -35,10 +36,12 @@ struct SubscribeQuery {
 /// `GET /v1/channels/{name}`: a live subscription as Server-Sent Events.
 async fn subscribe_channel(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    Query(query): Query<SubscribeQuery>,
+    name: Result<Path<String>, PathRejection>,
+    query: Result<Query<SubscribeQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    // Rejections answer problem+json like every other client error.
+    let (Path(name), Query(query)) = (name?, query?);
     let subscriptions = match &state.subscriptions {
         Some(subscriptions) if state.subscribable.contains(&name) => subscriptions,
         _ => {

@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use http::header;
+use http::{Method, header};
 
 use super::state::AppState;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
@@ -69,7 +69,7 @@ pub(super) async fn track_request(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
+    let method = method_label(request.method()).to_owned();
     let started = Instant::now();
     let in_flight = InFlight::enter(&state.metrics);
     let response = next.run(request).await;
@@ -109,5 +109,37 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.dec();
+    }
+}
+
+/// A request's method as a metric label, from a closed set: any other
+/// method a client invents is `other`, so label values stay bounded.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        let invented = Method::from_bytes(b"FROBNICATE").unwrap();
+        assert_eq!(method_label(&invented), "other");
     }
 }

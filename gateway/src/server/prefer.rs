@@ -34,7 +34,9 @@ impl Preference {
                 .and_then(|(_, value)| value.trim().parse::<f64>().ok())
                 .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
             {
-                preference.wait = Duration::from_secs_f64(seconds).min(max_wait);
+                // Capped before converting: a huge `wait` is a long wait,
+                // not a Duration overflow.
+                preference.wait = Duration::from_secs_f64(seconds.min(max_wait.as_secs_f64()));
             }
         }
         preference
@@ -64,5 +66,10 @@ mod tests {
         assert_eq!(parse("wait=600").wait, Duration::from_secs(60), "capped");
         assert_eq!(parse("wait=-1").wait, Duration::from_secs(10), "ignored");
         assert!(!parse("wait=1").respond_async);
+        assert_eq!(
+            parse("wait=1e300").wait,
+            Duration::from_secs(60),
+            "capped, no overflow"
+        );
     }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -138,9 +139,10 @@ fn reply_response(event: &ReplyEvent) -> Response {
 /// for ids nobody knows (or whose reply is gone with retention).
 async fn request_status(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let Path(id) = id?;
     let id: RequestId = id
         .parse()
         .map_err(|_| Problem::BadRequest(format!("{id:?} is not a request id")))?;

@@ -86,9 +86,7 @@ impl AppState {
         outcome.map_err(|error| {
             tracing::warn!(request_id = %id, channel = %route.channel, %error, "write not acknowledged");
             match error {
-                WriteError::TooLarge => Problem::BodyTooLarge {
-                    limit: route.max_body_bytes,
-                },
+                WriteError::TooLarge => Problem::RecordTooLarge,
                 WriteError::QueueFull | WriteError::NotAcknowledged(_) | WriteError::Closed => {
                     Problem::Unavailable {
                         reason: format!(

@@ -187,3 +187,37 @@ async fn requests_during_shutdown_are_503_and_not_written() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(writer.written.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_record_over_the_brokers_limit_is_413_naming_kafka_not_the_route() {
+    let (app, _, _) = setup(MemoryWriter {
+        fail_with: Some(|| WriteError::TooLarge),
+        ..MemoryWriter::default()
+    });
+    let response = app.oneshot(post("/orders/1", "small")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        !response.headers().contains_key(header::CONNECTION),
+        "the body was read whole"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Kafka") && !detail.contains("8 bytes"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_paths_and_query_strings_are_problem_json() {
+    let (app, _, _) = setup(MemoryWriter::default());
+    let get = |uri: &'static str| Request::get(uri).body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(get("/v1/requests/%FF")).await.unwrap();
+    assert_eq!(problem_status(response).await, 400);
+    let response = app
+        .oneshot(get("/v1/channels/orders?from=earliest&from=latest"))
+        .await
+        .unwrap();
+    assert_eq!(problem_status(response).await, 400);
+}
