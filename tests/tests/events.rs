@@ -545,6 +545,26 @@ async fn stream_requests_are_refused_clearly() {
         .await
         .unwrap();
     assert_eq!(not_subscribable.status(), StatusCode::NOT_FOUND);
+    // A resume may name only partitions the channel has (it has 3).
+    let made_up = get(&url)
+        .header("last-event-id", "0:0,7:0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made_up.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = made_up.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("partition 7"),
+        "{problem}"
+    );
+    // Resuming a request nobody accepted is a 404, as a fresh stream is.
+    let nobody = osmosis_protocol::RequestId::new(Some(0));
+    let resumed = get(&gateway.url(&format!("/v1/requests/{nobody}")))
+        .header("last-event-id", "3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), StatusCode::NOT_FOUND);
 
     let mut one = EventStream::open(http.get(&url)).await;
     one.expect("subscribed").await;

@@ -279,11 +279,16 @@ impl ReplyHub {
         };
         let (log, tails) = (Arc::clone(&self.log), Arc::clone(&self.tails));
         tokio::task::spawn_blocking(move || {
+            // A resume never reaches back before the request's own time: a
+            // made-up Last-Event-ID cannot rewind a shared tail to the
+            // log's start.
+            let earliest = log.stream_start(id, partition).map_err(FollowError::from);
             let start = match after {
                 Some(offset) => offset
                     .checked_add(1)
-                    .ok_or(FollowError::NothingAfter(offset)),
-                None => log.stream_start(id, partition).map_err(FollowError::from),
+                    .ok_or(FollowError::NothingAfter(offset))
+                    .and_then(|next| Ok(next.max(earliest?))),
+                None => earliest,
             };
             let following = start.and_then(|start| {
                 tails

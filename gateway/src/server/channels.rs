@@ -83,6 +83,19 @@ async fn subscribe_channel(
         retry_after: state.retry_after,
     };
     let feed = subscriptions.feed(&name).await.map_err(unavailable)?;
+    let live = feed.subscribe();
+    // A resume names only partitions the channel has: a made-up one would
+    // be read from Kafka on every event.
+    if let Some(partition) = resume
+        .iter()
+        .flat_map(Positions::iter)
+        .map(|(partition, _)| partition)
+        .find(|partition| live.snapshot.get(*partition).is_none())
+    {
+        return Err(Problem::BadRequest(format!(
+            "Last-Event-ID names partition {partition}, which channel {name} does not have"
+        )));
+    }
     let start = match resume {
         Some(positions) => Some(positions),
         None => subscriptions
@@ -90,7 +103,6 @@ async fn subscribe_channel(
             .await
             .map_err(unavailable)?,
     };
-    let live = feed.subscribe();
     let catch_up = start
         .clone()
         .map(|start| subscriptions.catch_up(&name, start, live.snapshot.clone()));

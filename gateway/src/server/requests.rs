@@ -199,7 +199,8 @@ async fn stream_events(
                 })
         })
         .transpose()?;
-    if after.is_none() && matches!(hub.find(id).await, Ok(Lookup::Unknown)) {
+    // A resume too: an id nobody knows is a 404, not a stream that waits.
+    if matches!(hub.find(id).await, Ok(Lookup::Unknown)) {
         return Err(Problem::UnknownRequest(id.to_string()));
     }
     let open = state.streams.open(StreamKind::Request, state.retry_after)?;

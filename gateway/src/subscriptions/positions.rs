@@ -51,11 +51,19 @@ impl fmt::Display for Positions {
     }
 }
 
+/// The longest `Last-Event-ID` a subscriber may send: room for thousands
+/// of partitions, and a bound on what a client makes the gateway parse.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+
 impl FromStr for Positions {
     type Err = InvalidPositions;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = || InvalidPositions(text.to_owned());
+        // The error quotes the start of the text only.
+        let invalid = || InvalidPositions(text.chars().take(64).collect());
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(invalid());
+        }
         let mut positions = BTreeMap::new();
         for pair in text.trim().split(',') {
             let (partition, next) = pair.split_once(':').ok_or_else(invalid)?;
@@ -90,5 +98,12 @@ mod tests {
         ] {
             assert!(bad.parse::<Positions>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_oversized_event_id_is_refused_without_being_echoed() {
+        let huge: String = (0..5000).map(|p| format!("{p}:0,")).collect::<String>() + "1:0";
+        let error = huge.parse::<Positions>().unwrap_err().to_string();
+        assert!(error.len() < 200, "{error}");
     }
 }
