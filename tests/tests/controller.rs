@@ -280,7 +280,11 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
         (replicas(&deployments, &name).await == 0).then_some(())
     })
     .await;
-    let status = scalers.get(&name).await.unwrap().status.unwrap();
+    let status = eventually(WAIT, "the status of the scale-down", || async {
+        let status = scalers.get(&name).await.ok()?.status?;
+        (status.desired_replicas == 0).then_some(status)
+    })
+    .await;
     assert_eq!(status.lag, 0);
 
     // New work activates the workload again from zero.
@@ -343,16 +347,22 @@ async fn a_surge_is_acted_on_long_before_the_next_poll() {
         (replicas(&deployments, "worker").await == 4).then_some(())
     })
     .await;
-    let status = scalers.get("worker").await.unwrap().status.unwrap();
-    // Measured while the messages were still arriving.
+    // The status is written after the target is scaled: wait for it.
+    let status = eventually(
+        WAIT,
+        "the status to report the surge's decision",
+        || async {
+            let status = scalers.get("worker").await.ok()?.status?;
+            status
+                .last_scale_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("0 → 4"))
+                .then_some(status)
+        },
+    )
+    .await;
+    // Measured while the messages were still arriving (or just after).
     assert!((1..=200).contains(&status.lag), "{status:?}");
-    assert!(
-        status
-            .last_scale_reason
-            .as_deref()
-            .is_some_and(|r| r.contains("0 → 4")),
-        "{status:?}"
-    );
     let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
         .await
         .unwrap()
