@@ -60,6 +60,7 @@ pub struct Metrics {
     pub sse_slow_disconnects: Counter,
     pub sse_catch_up_reads: Counter,
     pub reply_partitions_owned: Gauge,
+    pub requests_waiting: Gauge,
     pub reply_rebalances: Counter,
 }
 
@@ -115,6 +116,11 @@ impl Default for Metrics {
             reply_partitions_owned: registry.add(
                 "reply_partitions_owned",
                 "Reply partitions this gateway consumes (group membership)",
+                Gauge::default(),
+            ),
+            requests_waiting: registry.add(
+                "requests_waiting",
+                "Request-mode calls waiting here for their reply (clients that left are not)",
                 Gauge::default(),
             ),
             reply_rebalances: registry.add(

@@ -615,3 +615,60 @@ async fn a_waiting_request_gets_its_location_when_the_gateway_stops() {
     .await;
     assert_eq!(reply.text().await.unwrap(), "outlives its gateway");
 }
+
+/// A client that gives up on a request-mode call stops holding memory on
+/// the gateway: its request no longer waits there (the gauge of waiting
+/// requests falls back to 0) while the worker still works on it.
+#[tokio::test]
+async fn a_client_that_goes_away_stops_waiting() {
+    let setup = Setup::new("rr.gone", 1).await;
+    let gateway = setup.gateway(", max_wait_ms: 60000");
+    let worker = setup.worker(SLOW, &["--work-ms", "20000"]);
+    worker.wait_assigned();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let metrics = gateway.url("/metrics");
+    let waiting = |expected: f64| {
+        let metrics = metrics.clone();
+        async move {
+            let text = client()
+                .get(&metrics)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .find_map(|l| l.strip_prefix("osmosis_gateway_requests_waiting "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| *v == expected)
+        }
+    };
+    let gave_up = tokio::spawn(
+        impatient
+            .post(gateway.url("/work"))
+            .header("prefer", "wait=30")
+            .body("never mind")
+            .send(),
+    );
+    eventually(Duration::from_secs(10), "the request to wait", || {
+        waiting(1.0)
+    })
+    .await;
+    let gave_up = gave_up.await.unwrap();
+    assert!(gave_up.is_err(), "the client timed out");
+    eventually(
+        Duration::from_secs(10),
+        "no request waiting any more",
+        || waiting(0.0),
+    )
+    .await;
+    assert_eq!(
+        worker.metric("osmosis_worker_in_flight").await,
+        Some(1.0),
+        "still working"
+    );
+}

@@ -53,6 +53,43 @@ use membership::{Change, MembershipContext, Ownership};
 use tails::PartitionTails;
 use waiters::Waiters;
 
+/// A request waiting on this instance for its events. Dropping it — the
+/// answer was sent, or the client went away — forgets the request here, so
+/// that abandoned requests hold no memory until their reply or the sweep.
+pub struct Waiting {
+    id: RequestId,
+    events: broadcast::Receiver<Arc<ReplyEvent>>,
+    hub: Arc<ReplyHub>,
+    /// The waiter was completed while this receiver lagged: the final reply
+    /// was taken from the cache once.
+    closed: bool,
+}
+
+impl Waiting {
+    /// The next event of the request; `None` once there is none to come.
+    pub async fn next(&mut self) -> Option<Arc<ReplyEvent>> {
+        loop {
+            match self.events.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) if !self.closed => {
+                    // Completed while this receiver lagged: the final reply
+                    // is in the cache.
+                    self.closed = true;
+                    return self.hub.recent(&self.id);
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.hub.waiters.forget(&self.id);
+    }
+}
+
 /// Failures of the reply side.
 #[derive(Debug, thiserror::Error)]
 pub enum RepliesError {
@@ -190,8 +227,9 @@ impl ReplyHub {
     }
 
     /// Registers a request before it is written, so that no reply can
-    /// arrive unseen; returns the receiver of its events.
-    pub fn wait_for(self: &Arc<Self>, id: RequestId) -> broadcast::Receiver<Arc<ReplyEvent>> {
+    /// arrive unseen; the request waits here for as long as the returned
+    /// [`Waiting`] lives.
+    pub fn wait_for(self: &Arc<Self>, id: RequestId) -> Waiting {
         let events = self.waiters.register(id);
         // The partition may have moved away between naming it and now.
         if let Some(partition) = id.reply_partition()
@@ -200,12 +238,17 @@ impl ReplyHub {
         {
             self.follow_released(partition, from);
         }
-        events
+        Waiting {
+            id,
+            events,
+            hub: Arc::clone(self),
+            closed: false,
+        }
     }
 
-    /// Forgets a request that was never written.
-    pub fn forget(&self, id: &RequestId) {
-        self.waiters.forget(id);
+    /// Requests waiting here for their replies.
+    pub fn waiting_count(&self) -> usize {
+        self.waiters.count()
     }
 
     /// Writes the request's `accepted` event onto its reply partition, so

@@ -60,6 +60,10 @@ impl Waiters {
         self.waiting.lock().unwrap().remove(id);
     }
 
+    pub fn count(&self) -> usize {
+        self.waiting.lock().unwrap().len()
+    }
+
     pub fn is_waiting(&self, id: &RequestId) -> bool {
         self.waiting.lock().unwrap().contains_key(id)
     }

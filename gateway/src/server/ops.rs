@@ -53,6 +53,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         .metrics
         .producer_queue_depth
         .set(state.writer.queue_depth() as i64);
+    if let Some(hub) = &state.replies {
+        state
+            .metrics
+            .requests_waiting
+            .set(hub.waiting_count() as i64);
+    }
     (
         [(header::CONTENT_TYPE, osmosis_support::metrics::CONTENT_TYPE)],
         state.metrics.render(),

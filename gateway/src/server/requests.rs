@@ -14,13 +14,12 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use osmosis_protocol::{EventKind, RequestId};
-use tokio::sync::broadcast;
 
 use super::accepted::{Accepted, REQUEST_ID_HEADER, accepted_response, id_header};
 use super::prefer::Preference;
 use super::state::AppState;
 use crate::problem::Problem;
-use crate::replies::{Lookup, ReplyEvent, ReplyHub};
+use crate::replies::{Lookup, ReplyEvent, ReplyHub, Waiting};
 use crate::request_record::{CallHead, RequestRecord};
 use crate::route::Route;
 use crate::sse::{self, StreamKind};
@@ -54,24 +53,21 @@ pub(super) async fn send_and_wait(
     } else {
         None
     };
-    // Registered before the write, so that no reply can arrive unseen.
-    let events = hub.wait_for(id);
-    let stored = state
-        .write(route, id, request.record)
-        .await
-        .inspect_err(|_| hub.forget(&id))?;
+    // Registered before the write, so that no reply can arrive unseen; the
+    // request stops waiting here when `waiting` is dropped (answer sent,
+    // client gone, or the write failed).
+    let waiting = hub.wait_for(id);
+    let stored = state.write(route, id, request.record).await?;
     let accepted_json = Accepted::new(id, &route.channel, stored, false).to_json();
     let marker_offset = hub
         .mark_accepted(id, &reply_to, accepted_json.clone())
         .await;
     if let Some(open) = open {
-        let cache = Arc::clone(&hub);
         return Ok(sse::own_request_stream(
             &state.streams,
             open,
             sse::accepted_frame(marker_offset, &accepted_json),
-            events,
-            move || cache.recent(&id),
+            waiting,
         ));
     }
     let preference = Preference::parse(&head.headers, route.timeout, route.max_wait);
@@ -79,7 +75,7 @@ pub(super) async fn send_and_wait(
         true => None,
         false => {
             tokio::select! {
-                reply = final_reply(&hub, id, events, preference.wait) => reply,
+                reply = final_reply(waiting, preference.wait) => reply,
                 // The gateway is stopping: the reply is polled elsewhere.
                 () = state.grace_ending.cancelled() => None,
             }
@@ -92,22 +88,16 @@ pub(super) async fn send_and_wait(
 }
 
 /// The final reply of a request waiting here, if it comes within `wait`.
-async fn final_reply(
-    hub: &ReplyHub,
-    id: RequestId,
-    mut events: broadcast::Receiver<Arc<ReplyEvent>>,
-    wait: Duration,
-) -> Option<Arc<ReplyEvent>> {
-    let waiting = async {
-        loop {
-            match events.recv().await {
-                Ok(event) if event.envelope.kind == EventKind::Final => return Some(event),
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return hub.recent(&id),
+async fn final_reply(mut waiting: Waiting, wait: Duration) -> Option<Arc<ReplyEvent>> {
+    let final_event = async {
+        while let Some(event) = waiting.next().await {
+            if event.envelope.kind == EventKind::Final {
+                return Some(event);
             }
         }
+        None
     };
-    tokio::time::timeout(wait, waiting).await.ok().flatten()
+    tokio::time::timeout(wait, final_event).await.ok().flatten()
 }
 
 /// The worker's reply as the client's response.
