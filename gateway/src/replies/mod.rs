@@ -54,8 +54,10 @@ use tails::PartitionTails;
 use waiters::Waiters;
 
 /// A request waiting on this instance for its events. Dropping it — the
-/// answer was sent, or the client went away — forgets the request here, so
-/// that abandoned requests hold no memory until their reply or the sweep.
+/// reply was sent, or the client went away before an answer — forgets the
+/// request here, so that abandoned requests hold no memory until their
+/// reply or the sweep; a request answered 202 is kept
+/// ([`Waiting::keep_until_replied`]).
 pub struct Waiting {
     id: RequestId,
     events: broadcast::Receiver<Arc<ReplyEvent>>,
@@ -63,6 +65,9 @@ pub struct Waiting {
     /// The waiter was completed while this receiver lagged: the final reply
     /// was taken from the cache once.
     closed: bool,
+    /// The client was answered 202 and will poll: the request stays known
+    /// here as pending (until its reply or the sweep) after this is dropped.
+    keep: bool,
 }
 
 impl Waiting {
@@ -84,9 +89,20 @@ impl Waiting {
     }
 }
 
+impl Waiting {
+    /// The client got 202 + `Location` and will poll: keep the request
+    /// known here as pending, so polls answer from memory, until its reply
+    /// arrives or the sweep drops it.
+    pub fn keep_until_replied(mut self) {
+        self.keep = true;
+    }
+}
+
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.hub.waiters.forget(&self.id);
+        if !self.keep {
+            self.hub.waiters.forget(&self.id);
+        }
     }
 }
 
@@ -243,6 +259,7 @@ impl ReplyHub {
             events,
             hub: Arc::clone(self),
             closed: false,
+            keep: false,
         }
     }
 

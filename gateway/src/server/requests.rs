@@ -54,9 +54,9 @@ pub(super) async fn send_and_wait(
         None
     };
     // Registered before the write, so that no reply can arrive unseen; the
-    // request stops waiting here when `waiting` is dropped (answer sent,
-    // client gone, or the write failed).
-    let waiting = hub.wait_for(id);
+    // request stops waiting here when `waiting` is dropped (reply sent,
+    // client gone, or the write failed) unless it is kept for polls.
+    let mut waiting = hub.wait_for(id);
     let stored = state.write(route, id, request.record).await?;
     let accepted_json = Accepted::new(id, &route.channel, stored, false).to_json();
     let marker_offset = hub
@@ -75,7 +75,7 @@ pub(super) async fn send_and_wait(
         true => None,
         false => {
             tokio::select! {
-                reply = final_reply(waiting, preference.wait) => reply,
+                reply = final_reply(&mut waiting, preference.wait) => reply,
                 // The gateway is stopping: the reply is polled elsewhere.
                 () = state.grace_ending.cancelled() => None,
             }
@@ -83,12 +83,16 @@ pub(super) async fn send_and_wait(
     };
     Ok(match reply {
         Some(reply) => reply_response(&reply),
-        None => accepted_response(id, &route.channel, stored, true),
+        None => {
+            // The client polls `Location`: answer "pending" from memory.
+            waiting.keep_until_replied();
+            accepted_response(id, &route.channel, stored, true)
+        }
     })
 }
 
 /// The final reply of a request waiting here, if it comes within `wait`.
-async fn final_reply(mut waiting: Waiting, wait: Duration) -> Option<Arc<ReplyEvent>> {
+async fn final_reply(waiting: &mut Waiting, wait: Duration) -> Option<Arc<ReplyEvent>> {
     let final_event = async {
         while let Some(event) = waiting.next().await {
             if event.envelope.kind == EventKind::Final {
