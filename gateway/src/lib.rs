@@ -131,10 +131,36 @@ pub async fn run(
         None
     };
 
+    let state = app_state(&config, writer, metrics, replies.clone());
+    let shutdown_token = state.shutdown.clone();
+    let grace_ending = state.grace_ending.clone();
+    let app = server::app(&config, state);
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, routes = config.routes.len(), "listening"),
+        Err(error) => return Err(Error::Serve(error)),
+    }
+
+    let grace = config.shutdown_grace();
+    serve(listener, app, shutdown, shutdown_token, grace_ending, grace).await?;
+    kafka.flush(grace).await;
+    if let Some(replies) = replies {
+        replies.leave().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The handlers' shared state, from the configuration and what `run` built.
+fn app_state(
+    config: &Config,
+    writer: Arc<dyn RecordWriter>,
+    metrics: Arc<Metrics>,
+    replies: Option<Arc<ReplyHub>>,
+) -> AppState {
     let retry_after =
         Duration::from_millis(config.kafka.produce_timeout_ms).max(Duration::from_secs(1));
     let mut state = AppState::new(writer, metrics, retry_after, &config.sse);
-    state.replies = replies.clone();
+    state.replies = replies;
     state.subscribable = Arc::new(
         config
             .channels
@@ -149,23 +175,28 @@ pub async fn run(
             config.sse.subscriber_buffer,
         )));
     }
-    let shutdown_token = state.shutdown.clone();
-    let grace_ending = state.grace_ending.clone();
-    let app = server::app(&config, state);
-    match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, routes = config.routes.len(), "listening"),
-        Err(error) => return Err(Error::Serve(error)),
-    }
+    state
+}
 
+/// Serves `app` until `shutdown`, then lets in-flight requests finish
+/// within `grace`: new requests and streams see `stopping` cancelled at
+/// once, waiting request-mode calls see `grace_ending` just before the cut.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: tokio_util::sync::CancellationToken,
+    grace_ending: tokio_util::sync::CancellationToken,
+    grace: Duration,
+) -> Result<(), Error> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
-        shutdown_token.cancel();
+        stopping.cancel();
         let _ = stopping_tx.send(());
     };
-    let grace = config.shutdown_grace();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let served = axum::serve(listener, app).with_graceful_shutdown(signal);
     let drain_deadline = async move {
         if stopping_rx.await.is_ok() {
             // Requests still waiting for a reply answer 202 + Location a
@@ -179,13 +210,8 @@ pub async fn run(
         }
     };
     tokio::select! {
-        served = serve => served.map_err(Error::Serve)?,
+        served = served => served.map_err(Error::Serve)?,
         () = drain_deadline => tracing::warn!(?grace, "in-flight requests did not finish within the grace period"),
     }
-    kafka.flush(grace).await;
-    if let Some(replies) = replies {
-        replies.leave().await;
-    }
-    tracing::info!("stopped");
     Ok(())
 }

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use osmosis_support::kafka::LoggingContext;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
@@ -45,8 +48,13 @@ pub async fn ensure_topics(
     create: bool,
     metadata_timeout: Duration,
 ) -> Result<(), TopicSetupError> {
+    // One admin client for the creation and the configuration check.
+    let admin: AdminClient<DefaultClientContext> = writer
+        .client_config()
+        .create()
+        .map_err(TopicSetupError::Client)?;
     if create {
-        create_topics(writer, topics, metadata_timeout).await?;
+        create_topics(&admin, writer, topics, metadata_timeout).await?;
     }
     for (topic, wanted) in topics {
         let producer = writer.producer().clone();
@@ -69,52 +77,69 @@ pub async fn ensure_topics(
                 "the topic has fewer replicas than configured: an acknowledged write survives fewer broker losses"
             );
         }
-        if let Some(wanted_min) = wanted.min_insync_replicas {
-            check_min_insync(writer, topic, wanted_min, metadata_timeout).await;
-        }
     }
+    check_min_insync(&admin, topics, metadata_timeout).await;
     Ok(())
 }
 
-/// Warns when the topic's `min.insync.replicas` is below `wanted` (or
-/// cannot be read).
-async fn check_min_insync(writer: &KafkaWriter, topic: &str, wanted: i32, timeout: Duration) {
-    let found = async {
-        let admin: AdminClient<DefaultClientContext> = writer.client_config().create().ok()?;
-        let options = AdminOptions::new().request_timeout(Some(Timeout::After(timeout)));
-        let described = admin
-            .describe_configs(&[ResourceSpecifier::Topic(topic)], &options)
-            .await
-            .ok()?;
-        let resource = described.into_iter().next()?.ok()?;
-        resource
-            .get("min.insync.replicas")?
-            .value
-            .as_deref()?
-            .parse::<i32>()
-            .ok()
+/// Warns about every topic whose `min.insync.replicas` is below what it is
+/// configured with (or cannot be read), from one DescribeConfigs request.
+async fn check_min_insync(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &BTreeMap<String, ChannelConfig>,
+    timeout: Duration,
+) {
+    let wanted: Vec<(&str, i32)> = topics
+        .iter()
+        .filter_map(|(topic, channel)| Some((topic.as_str(), channel.min_insync_replicas?)))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let resources: Vec<ResourceSpecifier> = wanted
+        .iter()
+        .map(|(topic, _)| ResourceSpecifier::Topic(topic))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(Timeout::After(timeout)));
+    let described = admin
+        .describe_configs(&resources, &options)
+        .await
+        .unwrap_or_default();
+    let min_of = |topic: &str| {
+        described.iter().flatten().find_map(|resource| {
+            let named =
+                matches!(&resource.specifier, OwnedResourceSpecifier::Topic(name) if name == topic);
+            named.then(|| {
+                resource
+                    .get("min.insync.replicas")?
+                    .value
+                    .as_deref()?
+                    .parse::<i32>()
+                    .ok()
+            })?
+        })
     };
-    match found.await {
-        Some(min) if min >= wanted => {}
-        Some(min) => tracing::warn!(
-            topic,
-            min_insync_replicas = min,
-            configured = wanted,
-            "the topic acknowledges writes with fewer in-sync replicas than configured"
-        ),
-        None => tracing::warn!(topic, "cannot read the topic's min.insync.replicas"),
+    for (topic, wanted) in wanted {
+        let found = min_of(topic);
+        match found {
+            Some(min) if min >= wanted => {}
+            Some(min) => tracing::warn!(
+                topic,
+                min_insync_replicas = min,
+                configured = wanted,
+                "the topic acknowledges writes with fewer in-sync replicas than configured"
+            ),
+            None => tracing::warn!(topic, "cannot read the topic's min.insync.replicas"),
+        }
     }
 }
 
 async fn create_topics(
+    admin: &AdminClient<DefaultClientContext>,
     writer: &KafkaWriter,
     topics: &BTreeMap<String, ChannelConfig>,
     metadata_timeout: Duration,
 ) -> Result<(), TopicSetupError> {
-    let admin: AdminClient<DefaultClientContext> = writer
-        .client_config()
-        .create()
-        .map_err(TopicSetupError::Client)?;
     let min_insync: Vec<Option<String>> = topics
         .values()
         .map(|channel| channel.min_insync_replicas.map(|min| min.to_string()))

@@ -10,8 +10,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, CustomResourceExt};
-use osmosis_autoscaler::crd::ChannelScaler;
+use osmosis_autoscaler::crd::{
+    ChannelScaler, ChannelScalerSpec, KafkaConnection, ScaleTargetRef, ScalingBehavior,
+    ScalingRules, SelectPolicy,
+};
 
+use crate::kafka;
 use crate::process::Service;
 
 /// Environment variable naming the test API server's kubeconfig.
@@ -99,4 +103,41 @@ pub fn controller(namespace: &str) -> (Service, String) {
         .unwrap()
         .to_owned();
     (controller, metrics_addr)
+}
+
+/// A ChannelScaler spec scaling Deployment `target` on `topic` as `group`
+/// consumes it: 50 messages per replica, up to 10, polled every second,
+/// scaled down after 2 idle seconds.
+pub fn scaler_spec(target: &str, topic: &str, group: &str) -> ChannelScalerSpec {
+    ChannelScalerSpec {
+        scale_target_ref: ScaleTargetRef {
+            api_version: "apps/v1".into(),
+            kind: "Deployment".into(),
+            name: target.into(),
+        },
+        kafka: KafkaConnection {
+            brokers: kafka::bootstrap().into(),
+            properties_secret_ref: None,
+        },
+        topic: topic.into(),
+        consumer_group: group.into(),
+        min_replicas: 0,
+        max_replicas: 10,
+        lag_per_replica: 50,
+        activation_lag: 0,
+        target_drain_seconds: 30,
+        max_time_lag_seconds: None,
+        idle_seconds: 2,
+        behavior: ScalingBehavior {
+            scale_up: None,
+            scale_down: Some(ScalingRules {
+                stabilization_window_seconds: 2,
+                policies: Vec::new(),
+                select_policy: SelectPolicy::Max,
+            }),
+        },
+        poll_interval_seconds: 1,
+        surge_watch_seconds: 1,
+        paused: false,
+    }
 }

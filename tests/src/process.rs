@@ -245,6 +245,11 @@ impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+
+    /// The value of one of its metric sample lines.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        metric_sample(&self.url("/metrics"), sample).await
+    }
 }
 
 /// A running worker binary (an example worker or `osmosis-http-worker`).
@@ -301,13 +306,13 @@ impl Worker {
 
     /// The value of a metric sample line (e.g. `osmosis_worker_in_flight`).
     pub async fn metric(&self, sample: &str) -> Option<f64> {
-        let text = reqwest::get(format!("http://{}/metrics", self.metrics_addr))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        metric_sample(&format!("http://{}/metrics", self.metrics_addr), sample).await
     }
+}
+
+/// The value of a sample line (`name{labels}`) of the metrics at `url`.
+pub async fn metric_sample(url: &str, sample: &str) -> Option<f64> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
 }

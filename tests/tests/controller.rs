@@ -10,52 +10,15 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use kube::api::{Api, ListParams, PostParams};
-use osmosis_autoscaler::crd::{
-    ChannelScaler, ChannelScalerSpec, KafkaConnection, ScaleTargetRef, ScalingBehavior,
-    ScalingRules, SecretRef, SelectPolicy,
-};
+use osmosis_autoscaler::crd::{ChannelScaler, SecretRef};
 use osmosis_e2e::eventually;
 use osmosis_e2e::kafka;
-use osmosis_e2e::kube::{apply_crd, controller, deployment};
+use osmosis_e2e::kube::{apply_crd, controller, deployment, scaler_spec};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn scaler_spec(target: &str, topic: &str, group: &str) -> ChannelScalerSpec {
-    ChannelScalerSpec {
-        scale_target_ref: ScaleTargetRef {
-            api_version: "apps/v1".into(),
-            kind: "Deployment".into(),
-            name: target.into(),
-        },
-        kafka: KafkaConnection {
-            brokers: kafka::bootstrap().into(),
-            properties_secret_ref: None,
-        },
-        topic: topic.into(),
-        consumer_group: group.into(),
-        min_replicas: 0,
-        max_replicas: 10,
-        lag_per_replica: 50,
-        activation_lag: 0,
-        target_drain_seconds: 30,
-        max_time_lag_seconds: None,
-        idle_seconds: 2,
-        behavior: ScalingBehavior {
-            scale_up: None,
-            scale_down: Some(ScalingRules {
-                stabilization_window_seconds: 2,
-                policies: Vec::new(),
-                select_policy: SelectPolicy::Max,
-            }),
-        },
-        poll_interval_seconds: 1,
-        surge_watch_seconds: 1,
-        paused: false,
-    }
-}
 
 async fn replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
     deployments

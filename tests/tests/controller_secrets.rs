@@ -14,41 +14,27 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use osmosis_autoscaler::crd::{
-    ChannelScaler, ChannelScalerSpec, Condition, KafkaConnection, ScaleTargetRef, ScalingBehavior,
-    SecretRef,
+    ChannelScaler, ChannelScalerSpec, Condition, KafkaConnection, ScalingBehavior, SecretRef,
 };
 use osmosis_e2e::eventually;
 use osmosis_e2e::kafka;
-use osmosis_e2e::kube::{apply_crd, controller, deployment};
+use osmosis_e2e::kube::{apply_crd, controller, deployment, scaler_spec};
 
 const WAIT: Duration = Duration::from_secs(90);
 
 fn spec(target: &str, topic: &str, secret: &str) -> ChannelScalerSpec {
     ChannelScalerSpec {
-        scale_target_ref: ScaleTargetRef {
-            api_version: "apps/v1".into(),
-            kind: "Deployment".into(),
-            name: target.into(),
-        },
         kafka: KafkaConnection {
             brokers: kafka::bootstrap().into(),
             properties_secret_ref: Some(SecretRef {
                 name: secret.into(),
             }),
         },
-        topic: topic.into(),
-        consumer_group: format!("{topic}.{target}"),
-        min_replicas: 0,
         max_replicas: 4,
         lag_per_replica: 10,
-        activation_lag: 0,
-        target_drain_seconds: 30,
-        max_time_lag_seconds: None,
         idle_seconds: 60,
         behavior: ScalingBehavior::default(),
-        poll_interval_seconds: 1,
-        surge_watch_seconds: 1,
-        paused: false,
+        ..scaler_spec(target, topic, &format!("{topic}.{target}"))
     }
 }
 

@@ -629,21 +629,12 @@ async fn a_client_that_goes_away_stops_waiting() {
         .timeout(Duration::from_millis(1500))
         .build()
         .unwrap();
-    let metrics = gateway.url("/metrics");
     let waiting = |expected: f64| {
-        let metrics = metrics.clone();
+        let gateway = &gateway;
         async move {
-            let text = client()
-                .get(&metrics)
-                .send()
+            gateway
+                .metric("osmosis_gateway_requests_waiting")
                 .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            text.lines()
-                .find_map(|l| l.strip_prefix("osmosis_gateway_requests_waiting "))
-                .and_then(|v| v.parse::<f64>().ok())
                 .filter(|v| *v == expected)
         }
     };

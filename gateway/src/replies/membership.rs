@@ -149,8 +149,8 @@ impl Ownership {
         }
         self.partitions_owned.set(state.partitions.len() as i64);
         self.rebalances.inc();
+        tracing::info!(topic = %self.topic, ?change, owned = ?state.partitions, "reply partitions rebalanced");
         drop(state);
-        tracing::info!(topic = %self.topic, ?change, owned = ?self.owned(), "reply partitions rebalanced");
         self.assigned.notify_waiters();
         // The hub is gone only when the gateway stops: nothing to tell.
         let _ = self.changes.send(change);

@@ -56,27 +56,8 @@ async fn subscribe_channel(
                 .map_err(|error| Problem::BadRequest(format!("Last-Event-ID: {error}")))
         })
         .transpose()?;
-    let from = match query.from.as_deref() {
-        None | Some("latest") => StartAt::Latest,
-        Some("earliest") => StartAt::Earliest,
-        Some(time) => {
-            let at = humantime::parse_rfc3339_weak(time).map_err(|_| {
-                Problem::BadRequest(format!(
-                    "from={time:?}: expected earliest, latest or an RFC 3339 time"
-                ))
-            })?;
-            StartAt::Time(unix_ms(at) as i64)
-        }
-    };
-    let format = match query.format.as_deref() {
-        None | Some("value") => RecordFormat::Value,
-        Some("json") => RecordFormat::Json,
-        Some(other) => {
-            return Err(Problem::BadRequest(format!(
-                "format={other:?}: expected value or json"
-            )));
-        }
-    };
+    let from = start_at(query.from.as_deref())?;
+    let format = record_format(query.format.as_deref())?;
     let open = state.streams.open(StreamKind::Channel, state.retry_after)?;
     let unavailable = |error: SubscriptionError| Problem::Unavailable {
         reason: error.to_string(),
@@ -117,4 +98,31 @@ async fn subscribe_channel(
             format,
         },
     ))
+}
+
+/// `from=earliest|latest|<RFC 3339 time>`; latest when absent.
+fn start_at(from: Option<&str>) -> Result<StartAt, Problem> {
+    match from {
+        None | Some("latest") => Ok(StartAt::Latest),
+        Some("earliest") => Ok(StartAt::Earliest),
+        Some(time) => {
+            let at = humantime::parse_rfc3339_weak(time).map_err(|_| {
+                Problem::BadRequest(format!(
+                    "from={time:?}: expected earliest, latest or an RFC 3339 time"
+                ))
+            })?;
+            Ok(StartAt::Time(unix_ms(at) as i64))
+        }
+    }
+}
+
+/// `format=value|json`; value when absent.
+fn record_format(format: Option<&str>) -> Result<RecordFormat, Problem> {
+    match format {
+        None | Some("value") => Ok(RecordFormat::Value),
+        Some("json") => Ok(RecordFormat::Json),
+        Some(other) => Err(Problem::BadRequest(format!(
+            "format={other:?}: expected value or json"
+        ))),
+    }
 }
