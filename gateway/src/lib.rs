@@ -30,6 +30,7 @@
 //! client's credentials, check the channels, serve until the shutdown
 //! future resolves, let in-flight requests finish, flush the producer.
 
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod problem;
@@ -52,6 +53,7 @@ use tokio::net::TcpListener;
 use osmosis_support::kafka::{ClientRole, ConnectError, check_connection};
 use rdkafka::error::KafkaError;
 
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::replies::{RepliesError, ReplyHub};
@@ -71,6 +73,14 @@ pub enum Error {
     Topics(#[from] TopicSetupError),
     #[error(transparent)]
     Replies(#[from] RepliesError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error("cannot bind the operational listener {addr}: {source}")]
+    OpsListener {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -131,13 +141,29 @@ pub async fn run(
         None
     };
 
-    let state = app_state(&config, writer, metrics, replies.clone());
+    let mut state = app_state(&config, writer, metrics, replies.clone());
+    if let Some(auth) = &config.auth {
+        state.auth = Some(Authenticator::start(auth).await?);
+    }
     let shutdown_token = state.shutdown.clone();
     let grace_ending = state.grace_ending.clone();
-    let app = server::app(&config, state);
+    let (app, ops_app) = server::apps(&config, state);
     match listener.local_addr() {
         Ok(addr) => tracing::info!(%addr, routes = config.routes.len(), "listening"),
         Err(error) => return Err(Error::Serve(error)),
+    }
+    if let (Some(addr), Some(ops_app)) = (config.ops_listen, ops_app) {
+        let ops_listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::OpsListener { addr, source })?;
+        tracing::info!(%addr, "operational endpoints (/healthz, /readyz, /metrics) listening");
+        // Probes and scrapes answer until the process exits: a stopping
+        // gateway says "not ready" there rather than refusing connections.
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(ops_listener, ops_app).await {
+                tracing::error!(%error, "the operational listener failed");
+            }
+        });
     }
 
     let grace = config.shutdown_grace();
@@ -166,7 +192,7 @@ fn app_state(
             .channels
             .iter()
             .filter(|(_, channel)| channel.subscribable)
-            .map(|(name, _)| name.clone())
+            .map(|(name, channel)| (name.clone(), channel.access.clone()))
             .collect(),
     );
     if !state.subscribable.is_empty() {

@@ -8,6 +8,9 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 
+use crate::auth::AuthError;
+use crate::auth::policy::Denied;
+
 /// Why a request was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum Problem {
@@ -34,6 +37,21 @@ pub enum Problem {
     },
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// No valid credential: 401 with `WWW-Authenticate: Bearer`.
+    #[error(transparent)]
+    Unauthorized(AuthError),
+    /// A valid credential that is not allowed here: 403.
+    #[error("{reason}")]
+    Forbidden { reason: String, scopes: Vec<String> },
+}
+
+impl From<Denied> for Problem {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthenticated(error) => Problem::Unauthorized(error),
+            Denied::Forbidden { reason, scopes } => Problem::Forbidden { reason, scopes },
+        }
+    }
 }
 
 impl From<axum::extract::rejection::PathRejection> for Problem {
@@ -65,6 +83,28 @@ impl Problem {
             Problem::BodyTooLarge { .. } | Problem::RecordTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::BodyUnreadable(_) | Problem::BadRequest(_) => StatusCode::BAD_REQUEST,
             Problem::Unavailable { .. } | Problem::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Problem::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Problem::Forbidden { .. } => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401 or 403 (RFC 6750 §3): no
+    /// error code when no credential came, `invalid_token` for a bad one,
+    /// `insufficient_scope` with the scopes that are missing.
+    fn challenge(&self) -> Option<String> {
+        const REALM: &str = "Bearer realm=\"osmosis\"";
+        match self {
+            Problem::Unauthorized(AuthError::Missing) => Some(REALM.to_owned()),
+            Problem::Unauthorized(error) => Some(format!(
+                "{REALM}, error=\"invalid_token\", error_description=\"{}\"",
+                error.to_string().replace(['"', '\\'], "'")
+            )),
+            Problem::Forbidden { scopes, .. } if !scopes.is_empty() => Some(format!(
+                "{REALM}, error=\"insufficient_scope\", scope=\"{}\"",
+                scopes.join(" ")
+            )),
+            Problem::Forbidden { .. } => Some(format!("{REALM}, error=\"insufficient_scope\"")),
+            _ => None,
         }
     }
 
@@ -97,6 +137,12 @@ impl IntoResponse for Problem {
             // The rest of the upload was not read: the connection cannot
             // carry another request, and the client must know not to reuse it.
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(challenge) = self
+            .challenge()
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         if let Some(wait) = self.retry_after() {
             let secs = wait.as_secs().max(1);

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, Uri, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use osmosis_protocol::clock::unix_ms_after;
-use osmosis_protocol::{ReplyAddress, RequestEnvelope, RequestId, headers as contract};
+use osmosis_protocol::{Caller, ReplyAddress, RequestEnvelope, RequestId, headers as contract};
 use osmosis_support::kafka::owned_header_pairs;
 
 use crate::config::KeySource;
@@ -37,12 +37,14 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    /// Builds the record of a call to `route`; `reply_to` names the reply
-    /// partition when the route waits for a reply.
+    /// Builds the record of a call to `route` by `caller` (verified, or
+    /// `None` for an anonymous call); `reply_to` names the reply partition
+    /// when the route waits for a reply.
     pub fn build(
         route: &Route,
         call: &CallHead,
         body: Bytes,
+        caller: Option<Caller>,
         reply_to: Option<ReplyAddress>,
     ) -> Result<Self, Problem> {
         let key = routing_key(route, call, &body)?;
@@ -62,6 +64,7 @@ impl RequestRecord {
             forwarded: forwarded_headers(&route.forward_headers, &call.headers),
             reply_to,
             deadline_ms: route.deadline.map(unix_ms_after),
+            caller,
         };
         let record = OutboundRecord {
             topic: route.channel.clone(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 
-use crate::config::{KeySource, Mode, RouteConfig};
+use crate::config::{AccessConfig, KeySource, Mode, RouteConfig};
 
 /// What the gateway does with a request to one method + path pattern.
 pub struct Route {
@@ -27,6 +27,8 @@ pub struct Route {
     pub max_wait: Duration,
     /// How long after acceptance workers may still process the request.
     pub deadline: Option<Duration>,
+    /// Who may call it (when the gateway authenticates callers).
+    pub access: AccessConfig,
 }
 
 impl From<&RouteConfig> for Route {
@@ -53,6 +55,7 @@ impl From<&RouteConfig> for Route {
             timeout: Duration::from_millis(config.timeout_ms),
             max_wait: Duration::from_millis(config.max_wait_ms),
             deadline: config.deadline_ms.map(Duration::from_millis),
+            access: config.access.clone(),
         }
     }
 }

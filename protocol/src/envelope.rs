@@ -34,6 +34,17 @@ pub struct RequestEnvelope {
     /// Unix time in milliseconds after which the request must not be
     /// processed any more.
     pub deadline_ms: Option<u64>,
+    /// Who called, as the gateway verified it; `None` for an anonymous call.
+    pub caller: Option<Caller>,
+}
+
+/// The verified identity of a request's caller. Clients cannot forge it:
+/// the gateway strips every `osmosis-*` header they send and writes these
+/// only from a verified token or API key.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Caller {
+    pub subject: String,
+    pub scopes: Vec<String>,
 }
 
 /// A reply topic and partition: where a worker sends a request's reply.
@@ -46,7 +57,7 @@ pub struct ReplyAddress {
 impl RequestEnvelope {
     /// The envelope as `(name, value)` header pairs, gateway headers first.
     pub fn to_headers(&self) -> Vec<(&str, Cow<'_, [u8]>)> {
-        let mut out = Vec::with_capacity(7 + self.forwarded.len());
+        let mut out = Vec::with_capacity(9 + self.forwarded.len());
         fn borrowed(text: &str) -> Cow<'_, [u8]> {
             Cow::Borrowed(text.as_bytes())
         }
@@ -75,6 +86,13 @@ impl RequestEnvelope {
             out.push((
                 headers::DEADLINE,
                 Cow::Owned(deadline.to_string().into_bytes()),
+            ));
+        }
+        if let Some(caller) = &self.caller {
+            out.push((headers::SUBJECT, borrowed(&caller.subject)));
+            out.push((
+                headers::SCOPES,
+                Cow::Owned(caller.scopes.join(" ").into_bytes()),
             ));
         }
         for (name, value) in &self.forwarded {
@@ -113,6 +131,18 @@ impl RequestEnvelope {
             traceparent: fields.required_text(headers::TRACEPARENT)?.to_owned(),
             reply_to,
             deadline_ms: fields.number(headers::DEADLINE)?,
+            caller: match fields.text(headers::SUBJECT)? {
+                Some(subject) => Some(Caller {
+                    subject: subject.to_owned(),
+                    scopes: fields
+                        .text(headers::SCOPES)?
+                        .unwrap_or_default()
+                        .split_ascii_whitespace()
+                        .map(str::to_owned)
+                        .collect(),
+                }),
+                None => None,
+            },
             forwarded: fields.other,
         })
     }
@@ -137,6 +167,10 @@ mod tests {
                 partition: 2,
             }),
             deadline_ms: Some(1_790_000_000_000),
+            caller: Some(Caller {
+                subject: "alice".into(),
+                scopes: vec!["orders:write".into(), "orders:read".into()],
+            }),
         }
     }
 
@@ -158,6 +192,7 @@ mod tests {
             forwarded: vec![],
             reply_to: None,
             deadline_ms: None,
+            caller: None,
             ..sample()
         };
         let pairs = envelope.to_headers();
@@ -166,6 +201,7 @@ mod tests {
         assert!(!names.contains(&headers::CONTENT_TYPE));
         assert!(!names.contains(&headers::REPLY_TOPIC));
         assert!(!names.contains(&headers::DEADLINE));
+        assert!(!names.contains(&headers::SUBJECT));
         assert_eq!(decode(&pairs).unwrap(), envelope);
     }
 

@@ -26,6 +26,11 @@ pub const REPLY_TOPIC: &str = "osmosis-reply-topic";
 pub const REPLY_PARTITION: &str = "osmosis-reply-partition";
 /// Unix time in milliseconds after which the request must not be processed.
 pub const DEADLINE: &str = "osmosis-deadline";
+/// The verified subject of the caller (a JWT's `sub`, an API key's
+/// subject); absent when the route let the caller in anonymously.
+pub const SUBJECT: &str = "osmosis-subject";
+/// The caller's verified scopes, space separated (as OAuth writes them).
+pub const SCOPES: &str = "osmosis-scopes";
 
 /// Reply records: what the event is, see [`crate::EventKind`].
 pub const EVENT: &str = "osmosis-event";
@@ -75,6 +80,8 @@ mod tests {
             REPLY_TOPIC,
             REPLY_PARTITION,
             DEADLINE,
+            SUBJECT,
+            SCOPES,
             EVENT,
             STATUS,
             ERROR,

@@ -28,7 +28,7 @@ mod header_fields;
 mod reply;
 mod request_id;
 
-pub use envelope::{ReplyAddress, RequestEnvelope};
+pub use envelope::{Caller, ReplyAddress, RequestEnvelope};
 pub use header_fields::DecodeError;
 pub use reply::{EventKind, ReplyEnvelope};
 pub use request_id::{MAX_REPLY_PARTITION, ParseRequestIdError, RequestId};

@@ -1,4 +1,5 @@
-//! The echo worker: replies with the request's body and content type.
+//! The echo worker: replies with the request's body and content type, and
+//! names the caller the gateway verified in `x-echo-caller`.
 
 use clap::Parser;
 use osmosis_worker::{Reply, Request, WorkerConfig};
@@ -18,6 +19,9 @@ async fn main() -> anyhow::Result<()> {
         let mut reply = Reply::ok(request.body.clone());
         if let Some(content_type) = request.content_type() {
             reply = reply.with_content_type(content_type);
+        }
+        if let Some(caller) = request.caller() {
+            reply = reply.with_header("x-echo-caller", caller.subject.as_bytes());
         }
         Ok(reply)
     };

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use osmosis_protocol::{EventKind, ReplyAddress, ReplyEnvelope, RequestEnvelope, RequestId};
+use osmosis_protocol::{
+    Caller, EventKind, ReplyAddress, ReplyEnvelope, RequestEnvelope, RequestId,
+};
 
 use crate::replier::Replier;
 
@@ -45,6 +47,12 @@ impl Request {
     /// The body's media type as the client declared it.
     pub fn content_type(&self) -> Option<&str> {
         self.envelope.content_type.as_deref()
+    }
+
+    /// Who called, as the gateway verified it (subject and scopes); `None`
+    /// when the route let the caller in anonymously.
+    pub fn caller(&self) -> Option<&Caller> {
+        self.envelope.caller.as_ref()
     }
 
     /// When the request stops being worth processing, if it has a deadline.

@@ -76,6 +76,8 @@ mod runtime;
 pub use config::WorkerConfig;
 pub use error::Error;
 pub use handler::{Handler, HandlerError, Reply, Request};
+/// Who called: the subject and scopes the gateway verified ([`Request::caller`]).
+pub use osmosis_protocol::Caller;
 pub use runtime::run;
 
 /// Logging and the shutdown signal, as every Osmosis binary sets them up:

@@ -44,6 +44,7 @@ async fn send_request(brokers: &str, body: &str) -> RequestId {
             partition: 0,
         }),
         deadline_ms: None,
+        caller: None,
     };
     let headers = to_record_headers(envelope.to_headers());
     let producer: FutureProducer = ClientConfig::new()

@@ -36,7 +36,9 @@ fn env_overrides() -> Env {
     // binary's own flags, test harness settings) are not configuration.
     const SETTINGS: &[&str] = &[
         "listen",
+        "ops_listen",
         "shutdown_grace_ms",
+        "auth__",
         "kafka__",
         "channels__",
         "replies__",

@@ -13,8 +13,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod auth;
 mod load;
 mod validate;
+
+pub use auth::{AccessConfig, ApiKeysConfig, AuthConfig, CorsConfig, JwtConfig};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "OSMOSIS_";
@@ -29,6 +32,16 @@ pub struct Config {
     /// Address the HTTP server binds.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// A second address for `/metrics`, `/healthz` and `/readyz` only; when
+    /// set, the public listener no longer serves them.
+    #[serde(default)]
+    pub ops_listen: Option<SocketAddr>,
+    /// How callers authenticate; none: every route and channel is public.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Static files served under a path (the demo's browser page).
+    #[serde(default)]
+    pub static_files: Option<StaticFilesConfig>,
     /// How to reach Kafka and how to produce to it.
     pub kafka: KafkaConfig,
     /// Channel topics the routes write to, with how to create them.
@@ -89,6 +102,22 @@ pub struct ChannelConfig {
     /// `GET /v1/channels/{name}` (Server-Sent Events).
     #[serde(default)]
     pub subscribable: bool,
+    /// Who may subscribe (with `auth:` configured).
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// Browser origins that may subscribe.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+}
+
+/// Files served as they are, for a browser page next to the API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFilesConfig {
+    /// URL path prefix, e.g. `/ui`.
+    pub path: String,
+    /// Directory the files are read from.
+    pub dir: std::path::PathBuf,
 }
 
 /// The reply topic and how gateways share it.
@@ -295,6 +324,12 @@ pub struct RouteConfig {
     /// processing; workers skip it after that. None: no deadline.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Who may call the route (with `auth:` configured).
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// Browser origins that may call the route.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
 }
 
 impl RouteConfig {
@@ -338,6 +373,8 @@ impl Config {
                     replication_factor: self.replies.replication_factor,
                     min_insync_replicas: self.replies.min_insync_replicas,
                     subscribable: false,
+                    access: AccessConfig::default(),
+                    cors: None,
                 },
             );
         }

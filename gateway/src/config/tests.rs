@@ -144,3 +144,76 @@ fn min_insync_replicas_cannot_exceed_the_replicas() {
         Some(2)
     );
 }
+
+const WITH_AUTH: &str = r#"
+kafka: { brokers: "127.0.0.1:9092" }
+auth:
+  jwt: { jwks_file: keys.json, issuers: [idp], audiences: [osmosis] }
+channels: { orders: { subscribable: true, access: { key_claim: tenant } } }
+routes:
+  - { method: POST, path: /orders, channel: orders, access: { scopes: [orders:write] } }
+  - { method: POST, path: /ping, channel: orders, access: { public: true } }
+"#;
+
+#[test]
+fn access_policies_load_with_an_auth_section() {
+    let config = Config::from_yaml(WITH_AUTH).unwrap();
+    assert_eq!(config.routes[0].access.scopes, vec!["orders:write"]);
+    assert!(!config.routes[0].access.public, "private unless said");
+    assert!(config.routes[1].access.public);
+    let jwt = config.auth.unwrap().jwt.unwrap();
+    assert_eq!(jwt.algorithms, vec!["RS256", "ES256"]);
+    assert_eq!(jwt.leeway_secs, 30);
+}
+
+#[test]
+fn a_policy_without_an_auth_section_is_refused() {
+    let yaml = WITH_AUTH.replace(
+        "auth:\n  jwt: { jwks_file: keys.json, issuers: [idp], audiences: [osmosis] }\n",
+        "",
+    );
+    assert!(
+        error_of(&yaml).contains("no auth section"),
+        "{}",
+        error_of(&yaml)
+    );
+}
+
+#[test]
+fn trust_settings_that_cannot_work_name_their_field() {
+    for (from, to, expected) in [
+        ("audiences: [osmosis]", "audiences: []", "audiences"),
+        (
+            "jwks_file: keys.json",
+            "jwks_file: keys.json, jwks_url: http://x",
+            "exactly one",
+        ),
+        (
+            "issuers: [idp]",
+            "issuers: [idp], algorithms: [XS999]",
+            "not a JWS algorithm",
+        ),
+        (
+            "access: { public: true }",
+            "access: { key_claim: tenant }",
+            "channel subscriptions only",
+        ),
+        (
+            "access: { key_claim: tenant }",
+            "access: { key_claim: tenant }, cors: { origins: [\"*\"], credentials: true }",
+            "credentials",
+        ),
+        (
+            "access: { key_claim: tenant }",
+            "access: { key_claim: tenant }, cors: { origins: [\"https://app.example.com/\"] }",
+            "not an origin",
+        ),
+    ] {
+        let yaml = WITH_AUTH.replace(from, to);
+        assert!(
+            error_of(&yaml).contains(expected),
+            "{to}: {}",
+            error_of(&yaml)
+        );
+    }
+}

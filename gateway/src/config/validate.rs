@@ -13,6 +13,7 @@ impl Config {
         self.validate_kafka()?;
         self.validate_channels()?;
         self.validate_replies()?;
+        self.validate_trust()?;
         if self.sse.max_connections == 0 || self.sse.subscriber_buffer == 0 {
             return Err(invalid(
                 "sse",
@@ -29,6 +30,46 @@ impl Config {
                 ));
             }
             self.validate_route(route, &field)?;
+        }
+        Ok(())
+    }
+
+    /// Authentication, every route's and channel's access and CORS, and
+    /// where the operational endpoints are served.
+    fn validate_trust(&self) -> Result<(), ConfigError> {
+        let auth = self.auth.as_ref();
+        if let Some(auth) = auth {
+            auth.validate()?;
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            route
+                .access
+                .validate(&format!("routes[{i}].access"), auth, true)?;
+            if let Some(cors) = &route.cors {
+                cors.validate(&format!("routes[{i}].cors"))?;
+            }
+        }
+        for (name, channel) in &self.channels {
+            channel
+                .access
+                .validate(&format!("channels.{name}.access"), auth, false)?;
+            if let Some(cors) = &channel.cors {
+                cors.validate(&format!("channels.{name}.cors"))?;
+            }
+        }
+        if self.ops_listen == Some(self.listen) {
+            return Err(invalid(
+                "ops_listen",
+                "must differ from listen (leave it out to serve everything on listen)",
+            ));
+        }
+        if let Some(files) = &self.static_files
+            && (!files.path.starts_with('/') || files.path == "/" || files.path.starts_with("/v1"))
+        {
+            return Err(invalid(
+                "static_files.path",
+                "must be a path below / other than /v1, e.g. /ui",
+            ));
         }
         Ok(())
     }

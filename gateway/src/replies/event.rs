@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use osmosis_protocol::ReplyEnvelope;
+use osmosis_protocol::{EventKind, ReplyEnvelope, headers as contract};
 use osmosis_support::kafka::header_pairs;
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use tokio::sync::mpsc;
 
 /// One event of a request (`accepted`, `progress` or `final`).
@@ -18,6 +18,31 @@ pub struct ReplyEvent {
     pub body: Bytes,
     /// Offset in the reply partition: the event's SSE id.
     pub offset: i64,
+    /// `accepted` markers: the subject of the caller who sent the request
+    /// (`None`: an anonymous caller). Other events carry none.
+    pub owner: Option<String>,
+}
+
+/// Who may read a request's events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Sent without credentials: whoever knows the id.
+    Anonymous,
+    /// Sent by this subject: that subject (or an operator).
+    Subject(String),
+    /// No `accepted` marker was seen (it could not be written, or retention
+    /// took it): an operator only.
+    Unknown,
+}
+
+impl Owner {
+    /// The owner an `accepted` marker names.
+    pub fn of_marker(event: &ReplyEvent) -> Self {
+        match &event.owner {
+            Some(subject) => Owner::Subject(subject.clone()),
+            None => Owner::Anonymous,
+        }
+    }
 }
 
 impl ReplyEvent {
@@ -26,6 +51,15 @@ impl ReplyEvent {
         let headers = message.headers()?;
         match ReplyEnvelope::from_headers(header_pairs(headers)) {
             Ok(envelope) => Some(Self {
+                owner: match envelope.kind {
+                    EventKind::Accepted => headers
+                        .iter()
+                        .find(|header| header.key == contract::SUBJECT)
+                        .and_then(|header| header.value)
+                        .and_then(|value| std::str::from_utf8(value).ok())
+                        .map(str::to_owned),
+                    _ => None,
+                },
                 envelope,
                 body: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
                 offset: message.offset(),
@@ -81,6 +115,7 @@ impl ReplyEvent {
             },
             body: Bytes::from_static(b"done"),
             offset,
+            owner: None,
         })
     }
 }

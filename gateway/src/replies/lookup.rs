@@ -13,15 +13,15 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::event::ReplyEvent;
+use super::event::{Owner, ReplyEvent};
 
-/// What is known about a request id.
+/// What is known about a request id, and who may read it.
 #[derive(Debug)]
 pub enum Lookup {
     /// The final reply.
-    Replied(Arc<ReplyEvent>),
+    Replied(Arc<ReplyEvent>, Owner),
     /// Accepted, no final reply yet.
-    Pending,
+    Pending(Owner),
     /// Never seen (or gone with retention).
     Unknown,
 }
@@ -79,7 +79,7 @@ impl ReplyLog {
         assignment.add_partition_offset(&self.topic, partition, Offset::Offset(start))?;
         consumer.assign(&assignment)?;
         let key = id.to_string();
-        let mut accepted = false;
+        let mut owner = None;
         let mut read = 0u64;
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut position = start;
@@ -97,14 +97,19 @@ impl ReplyLog {
                 continue;
             };
             match event.envelope.kind {
-                EventKind::Final => return Ok(Lookup::Replied(Arc::new(event))),
-                EventKind::Accepted | EventKind::Progress => accepted = true,
+                EventKind::Final => {
+                    let owner = owner.unwrap_or(Owner::Unknown);
+                    return Ok(Lookup::Replied(Arc::new(event), owner));
+                }
+                EventKind::Accepted => owner = Some(Owner::of_marker(&event)),
+                EventKind::Progress => {
+                    owner.get_or_insert(Owner::Unknown);
+                }
             }
         }
-        Ok(if accepted {
-            Lookup::Pending
-        } else {
-            Lookup::Unknown
+        Ok(match owner {
+            Some(owner) => Lookup::Pending(owner),
+            None => Lookup::Unknown,
         })
     }
 

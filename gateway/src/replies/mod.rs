@@ -29,20 +29,21 @@ pub mod membership;
 pub mod tails;
 pub mod waiters;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use osmosis_protocol::{EventKind, ReplyAddress, ReplyEnvelope, RequestId};
+use osmosis_protocol::{EventKind, ReplyAddress, ReplyEnvelope, RequestId, headers as contract};
 use osmosis_support::kafka::{ClientSettings, owned_header_pairs};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use event::{FollowError, FollowReceiver, ReplyEvent};
+pub use event::{FollowError, FollowReceiver, Owner, ReplyEvent};
 pub use lookup::Lookup;
 
 use crate::config::{KafkaConfig, RepliesConfig};
@@ -242,11 +243,11 @@ impl ReplyHub {
         })
     }
 
-    /// Registers a request before it is written, so that no reply can
-    /// arrive unseen; the request waits here for as long as the returned
-    /// [`Waiting`] lives.
-    pub fn wait_for(self: &Arc<Self>, id: RequestId) -> Waiting {
-        let events = self.waiters.register(id);
+    /// Registers a request sent by `owner` before it is written, so that
+    /// no reply can arrive unseen; the request waits here for as long as
+    /// the returned [`Waiting`] lives.
+    pub fn wait_for(self: &Arc<Self>, id: RequestId, owner: Owner) -> Waiting {
+        let events = self.waiters.register(id, owner);
         // The partition may have moved away between naming it and now.
         if let Some(partition) = id.reply_partition()
             && !self.ownership.owns(partition)
@@ -270,14 +271,17 @@ impl ReplyHub {
 
     /// Writes the request's `accepted` event onto its reply partition, so
     /// that any instance answers "pending" for it and its event stream
-    /// starts there; `body` is the 202 body the client got. Returns the
-    /// marker's offset, or `None` when it could not be written (then other
-    /// instances answer 404 until the reply: logged, not fatal).
+    /// starts there; `body` is the 202 body the client got, `subject` the
+    /// caller's (so that any instance lets only that caller read the
+    /// events). Returns the marker's offset, or `None` when it could not be
+    /// written (then other instances answer 404 until the reply, and only
+    /// an operator may read it there: logged, not fatal).
     pub async fn mark_accepted(
         &self,
         id: RequestId,
         reply_to: &ReplyAddress,
         body: String,
+        subject: Option<&str>,
     ) -> Option<i64> {
         let envelope = ReplyEnvelope {
             id,
@@ -286,12 +290,16 @@ impl ReplyHub {
             content_type: Some("application/json".into()),
             headers: Vec::new(),
         };
+        let mut headers = envelope.to_headers();
+        if let Some(subject) = subject {
+            headers.push((contract::SUBJECT, Cow::Borrowed(subject.as_bytes())));
+        }
         let marker = OutboundRecord {
             topic: reply_to.topic.clone(),
             partition: Some(reply_to.partition),
             key: Some(id.to_string().into_bytes()),
             value: Bytes::from(body),
-            headers: owned_header_pairs(envelope.to_headers()),
+            headers: owned_header_pairs(headers),
         };
         match self.writer.write(marker).await {
             Ok(stored) => Some(stored.offset),
@@ -307,13 +315,18 @@ impl ReplyHub {
         self.waiters.recent(id)
     }
 
-    /// What is known about `id`: from memory, else from Kafka.
-    pub async fn find(&self, id: RequestId) -> Result<Lookup, RepliesError> {
+    /// What is known about `id` and who sent it: from memory, else from
+    /// Kafka. `need_owner`: a reply in memory whose sender is not known
+    /// here is looked up in Kafka too, where its `accepted` marker says.
+    pub async fn find(&self, id: RequestId, need_owner: bool) -> Result<Lookup, RepliesError> {
         if let Some(reply) = self.waiters.recent(&id) {
-            return Ok(Lookup::Replied(reply));
+            let owner = self.waiters.owner(&id);
+            if !need_owner || owner != Owner::Unknown {
+                return Ok(Lookup::Replied(reply, owner));
+            }
         }
         if self.waiters.is_waiting(&id) {
-            return Ok(Lookup::Pending);
+            return Ok(Lookup::Pending(self.waiters.owner(&id)));
         }
         let Some(partition) = id.reply_partition() else {
             return Ok(Lookup::Unknown);
@@ -322,8 +335,8 @@ impl ReplyHub {
         let found = tokio::task::spawn_blocking(move || log.scan(id, partition))
             .await
             .expect("lookup task panicked")?;
-        if let Lookup::Replied(reply) = &found {
-            self.waiters.remember(id, Arc::clone(reply));
+        if let Lookup::Replied(reply, owner) = &found {
+            self.waiters.remember(id, Arc::clone(reply), owner);
         }
         Ok(found)
     }

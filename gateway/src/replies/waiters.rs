@@ -10,7 +10,7 @@ use moka::sync::Cache;
 use osmosis_protocol::{EventKind, RequestId};
 use tokio::sync::broadcast;
 
-use super::event::ReplyEvent;
+use super::event::{Owner, ReplyEvent};
 use crate::config::ReplyCacheConfig;
 
 /// A request waiting on this instance for its events.
@@ -24,6 +24,9 @@ pub struct Waiters {
     waiting: Mutex<HashMap<RequestId, Waiter>>,
     /// Final replies seen recently, bounded in entries, bytes and age.
     recent: Cache<RequestId, Arc<ReplyEvent>>,
+    /// Who sent the requests accepted here (and found by lookups), for as
+    /// long as their replies are kept: who may read them.
+    owners: Cache<RequestId, Owner>,
     /// How long a request stays waiting without a reply.
     ttl: Duration,
 }
@@ -42,12 +45,18 @@ impl Waiters {
                 })
                 .time_to_live(Duration::from_secs(cache.ttl_secs))
                 .build(),
+            owners: Cache::builder()
+                .max_capacity(cache.max_entries.saturating_mul(4))
+                .time_to_live(Duration::from_secs(cache.ttl_secs))
+                .build(),
             ttl: Duration::from_secs(cache.ttl_secs),
         }
     }
 
-    /// Registers a request; returns the receiver of its events.
-    pub fn register(&self, id: RequestId) -> broadcast::Receiver<Arc<ReplyEvent>> {
+    /// Registers a request sent by `owner`; returns the receiver of its
+    /// events.
+    pub fn register(&self, id: RequestId, owner: Owner) -> broadcast::Receiver<Arc<ReplyEvent>> {
+        self.owners.insert(id, owner);
         let mut waiting = self.waiting.lock().unwrap();
         let waiter = waiting.entry(id).or_insert_with(|| Waiter {
             events: broadcast::channel(64).0,
@@ -82,9 +91,18 @@ impl Waiters {
         self.recent.get(id)
     }
 
-    /// Remembers a final reply found elsewhere (a lookup).
-    pub fn remember(&self, id: RequestId, reply: Arc<ReplyEvent>) {
+    /// Remembers a final reply found elsewhere (a lookup), and who sent
+    /// its request when the lookup saw it.
+    pub fn remember(&self, id: RequestId, reply: Arc<ReplyEvent>, owner: &Owner) {
         self.recent.insert(id, reply);
+        if *owner != Owner::Unknown {
+            self.owners.insert(id, owner.clone());
+        }
+    }
+
+    /// Who sent the request, if known here.
+    pub fn owner(&self, id: &RequestId) -> Owner {
+        self.owners.get(id).unwrap_or(Owner::Unknown)
     }
 
     /// How long a request may wait.
@@ -137,7 +155,7 @@ mod tests {
     fn a_waiter_gets_progress_then_its_final_reply_once() {
         let waiters = Waiters::new(&ReplyCacheConfig::default());
         let id = RequestId::new(Some(3));
-        let mut events = waiters.register(id);
+        let mut events = waiters.register(id, Owner::Anonymous);
         assert!(waiters.any_on(3) && !waiters.any_on(2));
         waiters.deliver(event(id, EventKind::Progress));
         waiters.deliver(event(id, EventKind::Final));

@@ -13,13 +13,22 @@ use bytes::Bytes;
 use http::HeaderMap;
 use osmosis_protocol::clock::unix_ms;
 
+use super::cors;
 use super::state::AppState;
+use crate::auth::BrowserToken;
+use crate::auth::policy;
+use crate::config::Config;
 use crate::problem::Problem;
 use crate::sse::{self, ChannelStream, RecordFormat, StreamKind};
 use crate::subscriptions::{Positions, StartAt, SubscriptionError};
 
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/v1/channels/{name}", get(subscribe_channel))
+pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
+    let subscribe = get(subscribe_channel);
+    let subscribe = match cors::for_channels(&config.channels) {
+        Some(cors) => subscribe.layer(cors),
+        None => subscribe,
+    };
+    Router::new().route("/v1/channels/{name}", subscribe)
 }
 
 /// Query of `GET /v1/channels/{name}`.
@@ -31,6 +40,9 @@ struct SubscribeQuery {
     key: Option<String>,
     /// `value` (default) or `json` (partition, offset, key, timestamp, value).
     format: Option<String>,
+    /// A browser's token, where the channel allows it (`EventSource`
+    /// cannot set `Authorization`).
+    access_token: Option<String>,
 }
 
 /// `GET /v1/channels/{name}`: a live subscription as Server-Sent Events.
@@ -42,14 +54,21 @@ async fn subscribe_channel(
 ) -> Result<Response, Problem> {
     // Rejections answer problem+json like every other client error.
     let (Path(name), Query(query)) = (name?, query?);
-    let subscriptions = match &state.subscriptions {
-        Some(subscriptions) if state.subscribable.contains(&name) => subscriptions,
+    let (subscriptions, access) = match (&state.subscriptions, state.subscribable.get(&name)) {
+        (Some(subscriptions), Some(access)) => (subscriptions, access),
         _ => {
             return Err(Problem::NotFound(format!(
                 "/v1/channels/{name} (not a subscribable channel)"
             )));
         }
     };
+    let browser = access.browser_token.then_some(BrowserToken {
+        query: query.access_token.as_deref(),
+    });
+    let caller = state
+        .authorize(&format!("channel {name}"), &headers, access, browser)
+        .await?;
+    let key = policy::subscription_key(access, caller.as_deref(), query.key)?;
     let resume = sse::last_event_id(&headers)
         .map(|last| {
             last.parse::<Positions>()
@@ -94,7 +113,7 @@ async fn subscribe_channel(
             live,
             catch_up,
             start,
-            key: query.key.map(Bytes::from),
+            key: key.map(Bytes::from),
             format,
         },
     ))

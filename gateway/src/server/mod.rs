@@ -9,6 +9,7 @@
 //! - [`channels`]: `GET /v1/channels/{name}`, live subscriptions.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics` and the request metrics.
 //! - [`accepted`], [`prefer`]: the 202 answer and the `Prefer` header.
+//! - [`cors`]: which browser origins may call what.
 //! - [`state`]: the [`AppState`] every surface shares (a leaf: the surfaces
 //!   import it, it imports none of them).
 //!
@@ -17,6 +18,7 @@
 
 pub mod accepted;
 pub mod channels;
+pub mod cors;
 pub mod ops;
 pub mod prefer;
 pub mod publish;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::middleware;
 use http::{Method, Uri};
+use tower_http::services::ServeDir;
 
 pub use accepted::REQUEST_ID_HEADER;
 pub use state::AppState;
@@ -38,23 +41,49 @@ pub use state::AppState;
 use crate::config::Config;
 use crate::problem::Problem;
 
-/// The whole HTTP application: configured routes plus the gateway's own
-/// endpoints, with problem+json for unknown paths and methods.
+/// The whole HTTP application on one listener: configured routes plus the
+/// gateway's own endpoints, with problem+json for unknown paths and methods.
 pub fn app(config: &Config, state: AppState) -> Router {
+    let (public, ops) = apps(config, state);
+    match ops {
+        Some(ops) => public.merge(ops),
+        None => public,
+    }
+}
+
+/// The public application, and the operational one (`/healthz`,
+/// `/readyz`, `/metrics`) apart when `ops_listen` is set; otherwise the
+/// public one serves both.
+pub fn apps(config: &Config, state: AppState) -> (Router, Option<Router>) {
     // Handlers share one state: extracting it is one reference count.
     let state = Arc::new(state);
-    Router::new()
+    let mut public = Router::new()
         .merge(publish::routes(config))
-        .merge(requests::routes())
-        .merge(channels::routes())
-        .merge(ops::routes())
+        .merge(requests::routes(config))
+        .merge(channels::routes(config));
+    if let Some(files) = &config.static_files {
+        public = public.nest_service(&files.path, ServeDir::new(&files.dir));
+    }
+    let ops = match config.ops_listen {
+        Some(_) => Some(with_fallbacks(ops::routes(), &state)),
+        None => {
+            public = public.merge(ops::routes());
+            None
+        }
+    };
+    (with_fallbacks(public, &state), ops)
+}
+
+/// Problem+json for unknown paths and methods, and the request metrics.
+fn with_fallbacks(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             ops::track_request,
         ))
-        .with_state(state)
+        .with_state(state.clone())
 }
 
 async fn not_found(uri: Uri) -> Problem {

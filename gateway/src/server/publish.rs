@@ -14,9 +14,10 @@ use axum::response::Response;
 use axum::routing::{MethodFilter, MethodRouter};
 
 use super::accepted::accepted_response;
+use super::cors;
 use super::requests;
 use super::state::AppState;
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, RouteConfig};
 use crate::problem::Problem;
 use crate::request_record::{CallHead, RequestRecord, read_body};
 use crate::route::Route;
@@ -26,7 +27,12 @@ use crate::route::Route;
 /// than a 404.
 pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
     let mut by_path: BTreeMap<&str, MethodRouter<Arc<AppState>>> = BTreeMap::new();
+    let mut configs_by_path: BTreeMap<&str, Vec<&RouteConfig>> = BTreeMap::new();
     for route_config in &config.routes {
+        configs_by_path
+            .entry(&route_config.path)
+            .or_default()
+            .push(route_config);
         let route = Arc::new(Route::from(route_config));
         let filter = MethodFilter::try_from(route.method.clone()).expect("standard HTTP method");
         let handler = move |State(state): State<Arc<AppState>>, request: Request| {
@@ -38,11 +44,13 @@ pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
             .unwrap_or_default();
         by_path.insert(&route_config.path, entry.on(filter, handler));
     }
-    by_path
-        .into_iter()
-        .fold(Router::new(), |router, (path, methods)| {
-            router.route(path, methods)
-        })
+    by_path.into_iter().fold(
+        Router::new(),
+        |router, (path, methods)| match cors::for_routes(&configs_by_path[path]) {
+            Some(cors) => router.route(path, methods.layer(cors)),
+            None => router.route(path, methods),
+        },
+    )
 }
 
 /// One client call to a configured route.
@@ -77,13 +85,20 @@ async fn accept(state: Arc<AppState>, call: RoutedCall) -> Result<Response, Prob
         return Err(Problem::ShuttingDown);
     }
     let RoutedCall { route, head, body } = call;
+    // Before the body is read: an unknown caller's upload is not buffered.
+    let caller = state
+        .authorize(&route.label, &head.headers, &route.access, None)
+        .await?;
     let body = read_body(&head.headers, body, route.max_body_bytes).await?;
     match route.mode {
         Mode::Publish => {
-            let request = RequestRecord::build(&route, &head, body, None)?;
+            let caller = caller.map(|identity| identity.caller());
+            let request = RequestRecord::build(&route, &head, body, caller, None)?;
             let stored = state.write(&route, request.id, request.record).await?;
             Ok(accepted_response(request.id, &route.channel, stored, false))
         }
-        Mode::Request => requests::send_and_wait(&state, &route, &head, body).await,
+        Mode::Request => {
+            requests::send_and_wait(&state, &route, &head, body, caller.as_deref()).await
+        }
     }
 }

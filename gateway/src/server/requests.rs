@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -16,25 +16,35 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use osmosis_protocol::{EventKind, RequestId};
 
 use super::accepted::{Accepted, REQUEST_ID_HEADER, accepted_response, id_header};
+use super::cors;
 use super::prefer::Preference;
 use super::state::AppState;
+use crate::auth::{BrowserToken, Identity};
+use crate::config::Config;
 use crate::problem::Problem;
-use crate::replies::{Lookup, ReplyEvent, ReplyHub, Waiting};
+use crate::replies::{Lookup, Owner, ReplyEvent, ReplyHub, Waiting};
 use crate::request_record::{CallHead, RequestRecord};
 use crate::route::Route;
 use crate::sse::{self, StreamKind};
 
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/v1/requests/{id}", get(request_status))
+pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
+    let status = get(request_status);
+    let status = match cors::for_requests(&config.routes) {
+        Some(cors) => status.layer(cors),
+        None => status,
+    };
+    Router::new().route("/v1/requests/{id}", status)
 }
 
 /// Request mode: write the request, then its `accepted` marker, then wait
 /// for the reply as long as the client prefers, or stream its events.
+/// The reply is `caller`'s: only that caller reads it later.
 pub(super) async fn send_and_wait(
     state: &AppState,
     route: &Route,
     head: &CallHead,
     body: Bytes,
+    caller: Option<&Identity>,
 ) -> Result<Response, Problem> {
     let hub = state
         .replies
@@ -46,7 +56,13 @@ pub(super) async fn send_and_wait(
             retry_after: state.retry_after,
         });
     };
-    let request = RequestRecord::build(route, head, body, Some(reply_to.clone()))?;
+    let request = RequestRecord::build(
+        route,
+        head,
+        body,
+        caller.map(Identity::caller),
+        Some(reply_to.clone()),
+    )?;
     let id = request.id;
     let open = if sse::wants_event_stream(&head.headers) {
         Some(state.streams.open(StreamKind::Request, state.retry_after)?)
@@ -56,11 +72,20 @@ pub(super) async fn send_and_wait(
     // Registered before the write, so that no reply can arrive unseen; the
     // request stops waiting here when `waiting` is dropped (reply sent,
     // client gone, or the write failed) unless it is kept for polls.
-    let mut waiting = hub.wait_for(id);
+    let owner = match caller {
+        Some(caller) => Owner::Subject(caller.subject.clone()),
+        None => Owner::Anonymous,
+    };
+    let mut waiting = hub.wait_for(id, owner);
     let stored = state.write(route, id, request.record).await?;
     let accepted_json = Accepted::new(id, &route.channel, stored, false).to_json();
     let marker_offset = hub
-        .mark_accepted(id, &reply_to, accepted_json.clone())
+        .mark_accepted(
+            id,
+            &reply_to,
+            accepted_json.clone(),
+            caller.map(|caller| caller.subject.as_str()),
+        )
         .await;
     if let Some(open) = open {
         return Ok(sse::own_request_stream(
@@ -129,26 +154,45 @@ fn reply_response(event: &ReplyEvent) -> Response {
     response
 }
 
+/// Query of `GET /v1/requests/{id}`.
+#[derive(serde::Deserialize)]
+struct StatusQuery {
+    /// A browser's `EventSource` cannot set `Authorization`: its token.
+    access_token: Option<String>,
+}
+
 /// `GET /v1/requests/{id}`: the reply once there, 202 while pending, 404
-/// for ids nobody knows (or whose reply is gone with retention).
+/// for ids nobody knows (or whose reply is gone with retention) — and for
+/// requests the caller did not send, so that existence does not leak.
 async fn request_status(
     State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let Path(id) = id?;
+    let (Path(id), Query(query)) = (id?, query?);
     let id: RequestId = id
         .parse()
         .map_err(|_| Problem::BadRequest(format!("{id:?} is not a request id")))?;
+    let reader = state
+        .identify(
+            &headers,
+            Some(BrowserToken {
+                query: query.access_token.as_deref(),
+            }),
+        )
+        .await?;
     let Some(hub) = &state.replies else {
         return Err(Problem::UnknownRequest(id.to_string()));
     };
+    let reader = reader.as_deref();
+    let may_read = |owner: &Owner| state.may_read(owner, reader);
     if sse::wants_event_stream(&headers) {
-        return stream_events(&state, hub, id, &headers).await;
+        return stream_events(&state, hub, id, &headers, reader).await;
     }
-    match hub.find(id).await {
-        Ok(Lookup::Replied(event)) => Ok(reply_response(&event)),
-        Ok(Lookup::Pending) => {
+    match hub.find(id, state.auth.is_some()).await {
+        Ok(Lookup::Replied(event, owner)) if may_read(&owner) => Ok(reply_response(&event)),
+        Ok(Lookup::Pending(owner)) if may_read(&owner) => {
             let mut response = (
                 StatusCode::ACCEPTED,
                 Json(serde_json::json!({ "id": id.to_string(), "status": "pending" })),
@@ -162,9 +206,9 @@ async fn request_status(
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             Ok(response)
         }
-        Ok(Lookup::Unknown) => Err(Problem::NotFound(format!(
-            "request {id} (unknown or expired)"
-        ))),
+        Ok(Lookup::Replied(..) | Lookup::Pending(_) | Lookup::Unknown) => {
+            Err(Problem::UnknownRequest(id.to_string()))
+        }
         Err(error) => Err(Problem::Unavailable {
             reason: error.to_string(),
             retry_after: state.retry_after,
@@ -179,6 +223,7 @@ async fn stream_events(
     hub: &ReplyHub,
     id: RequestId,
     headers: &HeaderMap,
+    reader: Option<&Identity>,
 ) -> Result<Response, Problem> {
     let after = sse::last_event_id(headers)
         .map(|last| {
@@ -193,9 +238,21 @@ async fn stream_events(
                 })
         })
         .transpose()?;
-    // A resume too: an id nobody knows is a 404, not a stream that waits.
-    if matches!(hub.find(id).await, Ok(Lookup::Unknown)) {
-        return Err(Problem::UnknownRequest(id.to_string()));
+    // A resume too: an id nobody knows (or someone else's) is a 404, not
+    // a stream that waits.
+    match hub.find(id, state.auth.is_some()).await {
+        Ok(Lookup::Replied(_, owner) | Lookup::Pending(owner))
+            if state.may_read(&owner, reader) => {}
+        Ok(_) => return Err(Problem::UnknownRequest(id.to_string())),
+        // Without authentication nothing is to check: the stream itself
+        // finds the events.
+        Err(_) if state.auth.is_none() => {}
+        Err(error) => {
+            return Err(Problem::Unavailable {
+                reason: error.to_string(),
+                retry_after: state.retry_after,
+            });
+        }
     }
     let open = state.streams.open(StreamKind::Request, state.retry_after)?;
     let events = hub.follow(id, after, state.streams.request_stream_limit);

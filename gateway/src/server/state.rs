@@ -3,17 +3,19 @@
 //! request record is written (timed, failures mapped to the client's
 //! problem).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use osmosis_protocol::RequestId;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SseConfig;
+use crate::auth::policy;
+use crate::auth::{Authenticator, BrowserToken, Identity};
+use crate::config::{AccessConfig, SseConfig};
 use crate::metrics::{ChannelLabels, Metrics};
 use crate::problem::Problem;
-use crate::replies::ReplyHub;
+use crate::replies::{Owner, ReplyHub};
 use crate::route::Route;
 use crate::sse::StreamContext;
 use crate::subscriptions::Subscriptions;
@@ -40,8 +42,10 @@ pub struct AppState {
     pub replies: Option<Arc<ReplyHub>>,
     /// Live feeds of subscribable channels; `None` when there are none.
     pub subscriptions: Option<Arc<Subscriptions>>,
-    /// Channels clients may subscribe to.
-    pub subscribable: Arc<HashSet<String>>,
+    /// Channels clients may subscribe to, with who may.
+    pub subscribable: Arc<HashMap<String, AccessConfig>>,
+    /// Verifies callers' credentials; `None`: every route is public.
+    pub auth: Option<Arc<Authenticator>>,
     /// Settings and shared state of event streams.
     pub streams: StreamContext,
 }
@@ -64,7 +68,67 @@ impl AppState {
             replies: None,
             subscriptions: None,
             subscribable: Arc::default(),
+            auth: None,
         }
+    }
+
+    /// The verified caller of a request to what `access` guards (`None`:
+    /// anonymous, where that is allowed, or no authentication configured).
+    /// Refusals answer 401 or 403 and are logged without the credential.
+    pub(super) async fn authorize(
+        &self,
+        what: &str,
+        headers: &http::HeaderMap,
+        access: &AccessConfig,
+        browser: Option<BrowserToken<'_>>,
+    ) -> Result<Option<Arc<Identity>>, Problem> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let checked = match auth.identify(headers, browser).await {
+            Ok(identity) => policy::check(access, identity.as_deref()).map(|()| identity),
+            Err(error) => Err(error.into()),
+        };
+        checked.map_err(|denied| {
+            tracing::info!(%what, reason = %denied, "caller refused");
+            Problem::from(denied)
+        })
+    }
+
+    /// Whether `reader` may read the events of a request sent by `owner`:
+    /// its sender, or an operator; anyone when the sender was anonymous or
+    /// nobody authenticates.
+    pub(super) fn may_read(&self, owner: &Owner, reader: Option<&Identity>) -> bool {
+        let Some(auth) = &self.auth else {
+            return true;
+        };
+        let operator = |reader: &Identity| {
+            auth.operator_scope
+                .as_ref()
+                .is_some_and(|scope| reader.scopes.contains(scope))
+        };
+        match owner {
+            Owner::Anonymous => true,
+            Owner::Subject(subject) => {
+                reader.is_some_and(|reader| &reader.subject == subject || operator(reader))
+            }
+            Owner::Unknown => reader.is_some_and(operator),
+        }
+    }
+
+    /// The verified caller, if the request carries a credential; a bad one
+    /// is refused (401), none is anonymous.
+    pub(super) async fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        browser: Option<BrowserToken<'_>>,
+    ) -> Result<Option<Arc<Identity>>, Problem> {
+        let public = AccessConfig {
+            public: true,
+            ..AccessConfig::default()
+        };
+        self.authorize("a request's events", headers, &public, browser)
+            .await
     }
 
     /// Writes a request record, timing the produce and mapping failures to
