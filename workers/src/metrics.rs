@@ -98,7 +98,7 @@ impl Default for Metrics {
             ),
             refused: registry.add(
                 "records_refused",
-                "Records Kafka refused for good (never retried), by record and reason",
+                "Records Kafka refused for good (never retried), by record and reason; a dead letter then sent cut down counts too",
                 Family::default(),
             ),
             partition_busy_seconds: registry.add(

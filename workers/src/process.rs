@@ -333,7 +333,18 @@ impl<H: Handler> Processor<H> {
         let failed = |error: &rdkafka::error::KafkaError| watch.produce_failed(error);
         loop {
             let refused = match self.replier.dead_letter(&letter, &failed).await {
-                Ok(()) => return,
+                Ok(false) => return,
+                Ok(true) => {
+                    // The whole letter was refused; a cut-down one went.
+                    self.metrics
+                        .refused
+                        .get_or_create(&RefusalLabels {
+                            record: "dead_letter",
+                            reason: Refusal::TooLarge.as_str(),
+                        })
+                        .inc();
+                    return;
+                }
                 Err(refused) => refused,
             };
             self.count_refusal("dead_letter", &refused);

@@ -94,14 +94,16 @@ impl Replier {
     /// Writes the original record to `<channel>.dlq` with the error headers,
     /// retrying until Kafka acknowledges it or refuses it for good; a
     /// letter too large is cut down (see the module doc) and sent again.
+    /// `Ok(true)`: acknowledged cut down.
     pub(crate) async fn dead_letter(
         &self,
         letter: &DeadLetter<'_>,
         failed: OnFailure<'_>,
-    ) -> Result<(), Refused> {
+    ) -> Result<bool, Refused> {
         let mut cut = Cut::Whole;
         loop {
             match deliver(self.retry, failed, || self.send_dead_letter(letter, cut)).await {
+                Ok(()) => return Ok(cut != Cut::Whole),
                 Err(refused) if refused.refusal == Refusal::TooLarge => {
                     let Some(smaller) = cut.smaller(letter.value.len()) else {
                         return Err(refused);
@@ -114,7 +116,7 @@ impl Replier {
                     );
                     cut = smaller;
                 }
-                result => return result,
+                Err(refused) => return Err(refused),
             }
         }
     }
