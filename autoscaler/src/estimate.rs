@@ -2,7 +2,19 @@
 //! explicit semantics, arrival rate (rises at once, falls smoothed) and a
 //! smoothed processing rate, per-replica
 //! capacity learnt only while the group is busy, time lag by interpolation,
-//! and stuck partitions. Pure: the samples come from [`crate::measure`].
+//! and slow and stuck partitions. Pure: the samples come from
+//! [`crate::measure`].
+//!
+//! Slow or stuck: a partition with lag whose consumers' position has not
+//! moved for `stuck_after_seconds` while the group has members is *slow*
+//! when a live member holds it (the group's assignment names it: the member
+//! heartbeats, its handler may run a long job) and *stuck* when none does.
+//! A slow partition's lag is demand like any other; a stuck one's is kept
+//! apart (more replicas would not drain it). A measurement gap — failed
+//! measurements since the last sample — restarts every partition's
+//! no-progress clock and the rates: what happened during the gap is unknown
+//! (workers cannot commit while Kafka is away), and the observation after
+//! it says so ([`Observation::after_gap`]).
 //!
 //! Lag semantics, per partition (log start `s`, high watermark `h`,
 //! committed offset `c`):
@@ -45,6 +57,10 @@ pub struct Sample {
     pub rebalancing: bool,
     /// Consumers in the group.
     pub members: u32,
+    /// The channel's partitions the group's members hold, from its
+    /// assignment; `None` when it could not be read (then every partition
+    /// counts as held while the group has members).
+    pub held: Option<Vec<i32>>,
 }
 
 /// Settings of the estimator.
@@ -95,6 +111,10 @@ struct Backlog {
     stuck_lag: u64,
     /// Age of the oldest unprocessed message, seconds.
     oldest_age: f64,
+    /// Partitions without progress that a live member holds.
+    slow: Vec<i32>,
+    /// Partitions without progress that no live member holds.
+    stuck: Vec<i32>,
 }
 
 /// Turns successive samples into observations.
@@ -109,6 +129,12 @@ pub struct Estimator {
     arrival_rate: Option<f64>,
     processing_rate: Option<f64>,
     per_replica_rate: Option<f64>,
+    /// A measurement failed since the last sample.
+    gap: bool,
+    /// Slow partitions at the last observation.
+    slow: Vec<i32>,
+    /// Stuck partitions at the last observation.
+    stuck: Vec<i32>,
 }
 
 /// The shortest span a recent arrival rate is taken over, seconds: shorter
@@ -128,7 +154,15 @@ impl Estimator {
             arrival_rate: None,
             processing_rate: None,
             per_replica_rate: None,
+            gap: false,
+            slow: Vec::new(),
+            stuck: Vec::new(),
         }
+    }
+
+    /// A measurement failed: the next sample comes after a gap.
+    pub fn measurement_failed(&mut self) {
+        self.gap = true;
     }
 
     /// The effective position of a partition's consumers.
@@ -142,10 +176,22 @@ impl Estimator {
 
     /// The observation after `sample`.
     pub fn observe(&mut self, sample: Sample) -> Observation {
+        let after_gap = std::mem::take(&mut self.gap);
+        if after_gap {
+            // Nothing is known of the gap: no partition is without progress
+            // because of it, and no rate spans it.
+            for history in self.partitions.values_mut() {
+                history.progress_at = sample.at;
+            }
+            self.previous = None;
+            self.readings.clear();
+        }
         let backlog = self.track_partitions(&sample);
         if let Some(previous) = self.previous.take() {
             self.update_rates(&previous, &sample, backlog.lag);
         }
+        self.slow = backlog.slow;
+        self.stuck = backlog.stuck;
         let observation = Observation {
             lag: backlog.lag,
             stuck_lag: backlog.stuck_lag,
@@ -154,6 +200,7 @@ impl Estimator {
             time_lag_seconds: backlog.oldest_age,
             partitions: sample.partitions.len() as u32,
             rebalancing: sample.rebalancing,
+            after_gap,
         };
         self.previous = Some(sample);
         self.readings.clear();
@@ -185,10 +232,18 @@ impl Estimator {
                 history.progress_at = sample.at;
             }
             history.last_committed = Some(position);
-            let stuck = sample.members > 0 && sample.at - history.progress_at >= stuck_after;
-            if stuck {
+            let stalled = sample.members > 0 && sample.at - history.progress_at >= stuck_after;
+            let held = sample
+                .held
+                .as_ref()
+                .is_none_or(|held| held.contains(&p.partition));
+            if stalled && !held {
+                backlog.stuck.push(p.partition);
                 backlog.stuck_lag += partition_lag;
                 continue;
+            }
+            if stalled {
+                backlog.slow.push(p.partition);
             }
             backlog.lag += partition_lag;
             if partition_lag > 0 {
@@ -274,19 +329,16 @@ impl Estimator {
         self.processing_rate.unwrap_or(0.0)
     }
 
-    /// Partitions reported stuck at the last observation.
+    /// Partitions reported stuck at the last observation: without
+    /// progress, and no live member holds them.
     pub fn stuck_partitions(&self) -> Vec<i32> {
-        let Some(last) = &self.previous else {
-            return Vec::new();
-        };
-        if last.members == 0 {
-            return Vec::new();
-        }
-        self.partitions
-            .iter()
-            .filter(|(_, h)| last.at - h.progress_at >= self.config.stuck_after_seconds)
-            .map(|(p, _)| *p)
-            .collect()
+        self.stuck.clone()
+    }
+
+    /// Partitions reported slow at the last observation: without progress,
+    /// but a live member holds them (a long job, not a wedge).
+    pub fn slow_partitions(&self) -> Vec<i32> {
+        self.slow.clone()
     }
 
     /// Whether the channel's arrivals since the last sample, `arrived` being

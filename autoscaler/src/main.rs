@@ -95,6 +95,11 @@ struct LocalArgs {
     /// Without lag or arrivals this long, go down to the minimum.
     #[arg(long, default_value_t = 60.0)]
     idle_seconds: f64,
+    /// A partition with lag whose committed offset has not moved this long
+    /// is reported slow (a live member holds it: its lag still counts) or
+    /// stuck (none does: its lag is left out, never down to zero).
+    #[arg(long, default_value_t = 60.0)]
+    stuck_after_seconds: f64,
     /// Scale-down stabilisation window.
     #[arg(long, default_value_t = 30.0)]
     scale_down_stabilization_seconds: f64,
@@ -222,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
                 spec,
                 estimator: EstimatorConfig {
                     offset_reset: OffsetReset::Earliest,
+                    stuck_after_seconds: args.stuck_after_seconds,
                     ..EstimatorConfig::default()
                 },
                 poll_interval: Duration::from_millis(args.poll_interval_ms),

@@ -1,7 +1,9 @@
 //! Measurement: one poll of a channel topic and its consumer group through
 //! Kafka's admin APIs — per partition the log start, the high watermark and
-//! the group's committed offset; the group's state and member count. No
-//! message is read. Blocking (librdkafka); call it from a blocking task.
+//! the group's committed offset; the group's state, member count and the
+//! partitions its members hold (each member's assignment, in the consumer
+//! protocol's encoding). No message is read. Blocking (librdkafka); call it
+//! from a blocking task.
 //!
 //! The probe's client properties may come from a Kubernetes Secret: its
 //! client never lets their values into what it logs or fails with
@@ -150,23 +152,95 @@ impl Probe {
         let groups = self
             .consumer
             .fetch_group_list(Some(&self.group), self.timeout)?;
-        let (rebalancing, members) = groups
-            .groups()
-            .iter()
-            .find(|g| g.name() == self.group)
-            .map(|g| {
-                let state = g.state();
-                (
-                    state.contains("Rebalance") || state.contains("Completing"),
-                    g.members().len() as u32,
-                )
-            })
-            .unwrap_or((false, 0));
+        let group = groups.groups().iter().find(|g| g.name() == self.group);
+        let rebalancing = group.is_some_and(|g| {
+            let state = g.state();
+            state.contains("Rebalance") || state.contains("Completing")
+        });
+        let members = group.map_or(0, |g| g.members().len() as u32);
+        // One member whose assignment cannot be read makes it unknown.
+        let held = match group {
+            None => Some(Vec::new()),
+            Some(g) => g.members().iter().try_fold(Vec::new(), |mut held, member| {
+                held.extend(assigned_partitions(member.assignment()?, &self.topic)?);
+                Some(held)
+            }),
+        };
         Ok(Sample {
             at,
             partitions,
             rebalancing,
             members,
+            held,
         })
+    }
+}
+
+/// The partitions of `topic` in a member's assignment, as the classic
+/// consumer protocol encodes it (`ConsumerProtocolAssignment`, versions 0
+/// to 3): a version (int16), an array (int32 count) of topics, each a name
+/// (int16 length, UTF-8) and an array of partitions (int32 count, int32
+/// each), then user data we do not read. `None` when it does not parse.
+fn assigned_partitions(assignment: &[u8], topic: &str) -> Option<Vec<i32>> {
+    let mut input = assignment;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, rest) = input.split_at_checked(n)?;
+        input = rest;
+        Some(head)
+    };
+    let version = i16::from_be_bytes(take(2)?.try_into().ok()?);
+    if !(0..=3).contains(&version) {
+        return None;
+    }
+    let topics = i32::from_be_bytes(take(4)?.try_into().ok()?);
+    let mut held = Vec::new();
+    for _ in 0..topics.max(0) {
+        let name_len = i16::from_be_bytes(take(2)?.try_into().ok()?);
+        let name = take(usize::try_from(name_len).ok()?)?;
+        let count = i32::from_be_bytes(take(4)?.try_into().ok()?);
+        for _ in 0..count.max(0) {
+            let partition = i32::from_be_bytes(take(4)?.try_into().ok()?);
+            if name == topic.as_bytes() {
+                held.push(partition);
+            }
+        }
+    }
+    Some(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned_partitions;
+
+    /// A version-1 assignment of `topics`, with user data.
+    fn encode(topics: &[(&str, &[i32])]) -> Vec<u8> {
+        let mut out = 1i16.to_be_bytes().to_vec();
+        out.extend((topics.len() as i32).to_be_bytes());
+        for (name, partitions) in topics {
+            out.extend((name.len() as i16).to_be_bytes());
+            out.extend(name.as_bytes());
+            out.extend((partitions.len() as i32).to_be_bytes());
+            for p in *partitions {
+                out.extend(p.to_be_bytes());
+            }
+        }
+        out.extend(3i32.to_be_bytes());
+        out.extend(b"abc");
+        out
+    }
+
+    #[test]
+    fn a_members_assignment_names_the_partitions_it_holds_of_the_topic() {
+        let bytes = encode(&[("orders", &[0, 3]), ("other", &[1])]);
+        assert_eq!(assigned_partitions(&bytes, "orders"), Some(vec![0, 3]));
+        assert_eq!(assigned_partitions(&bytes, "missing"), Some(vec![]));
+    }
+
+    #[test]
+    fn an_assignment_that_does_not_parse_is_unknown() {
+        let bytes = encode(&[("orders", &[0, 3])]);
+        assert_eq!(assigned_partitions(&bytes[..9], "orders"), None);
+        assert_eq!(assigned_partitions(&[0, 9, 0, 0, 0, 0], "orders"), None);
+        assert_eq!(assigned_partitions(&[], "orders"), None);
     }
 }

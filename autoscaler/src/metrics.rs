@@ -32,6 +32,10 @@ pub struct Metrics {
     pub current_replicas: Family<ScalerLabels, Gauge>,
     pub scale_events: Family<ScalerLabels, Counter>,
     pub measurement_errors: Family<ScalerLabels, Counter>,
+    /// Partitions without progress that a live member holds.
+    pub slow_partitions: Family<ScalerLabels, Gauge>,
+    /// Partitions without progress that no live member holds.
+    pub stuck_partitions: Family<ScalerLabels, Gauge>,
     /// Kafka measurements taken (polls and surges).
     pub measurements: Family<ScalerLabels, Counter>,
     /// Reconciles brought forward by the surge watch.
@@ -79,6 +83,16 @@ impl Default for Metrics {
             measurement_errors: registry.add(
                 "measurement_errors",
                 "Kafka measurements that failed (the last decision was held)",
+                Family::default(),
+            ),
+            slow_partitions: registry.add(
+                "slow_partitions",
+                "Partitions with lag and no progress that a live group member holds (their lag counts)",
+                Family::default(),
+            ),
+            stuck_partitions: registry.add(
+                "stuck_partitions",
+                "Partitions with lag and no progress that no live group member holds (their lag is left out, never down to zero)",
                 Family::default(),
             ),
             measurements: registry.add(

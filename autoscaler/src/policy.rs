@@ -9,14 +9,17 @@
 //!    KEDA's meaning), *gradient* (`ceil((arrival + lag / drain) /
 //!    perReplicaRate)`) and the *time-lag SLO* (scale up while the oldest
 //!    message is older than `maxTimeLagSeconds`). Lag of stuck partitions is
-//!    left out: more replicas cannot drain a partition nobody makes progress on.
-//! 3. Scale to zero after `idleSeconds` without lag or arrivals; from zero
-//!    only when the lag passes `activationLag`.
+//!    left out: more replicas cannot drain a partition nobody makes progress
+//!    on. (Slow partitions, held by a live member, count like any other.)
+//! 3. Scale to zero after `idleSeconds` without lag, stuck lag or arrivals;
+//!    from zero only when the lag passes `activationLag`. A group with a
+//!    backlog — stuck or not — keeps at least one replica.
 //! 4. Partition-aware quantisation: at most one replica per partition
 //!    (unless allowed), rounded up to the next count that actually lowers
 //!    the most partitions one replica holds; that reaches the partition
 //!    count exactly when the demand needs it.
-//! 5. `minReplicas`/`maxReplicas`.
+//! 5. `minReplicas`/`maxReplicas`. On the first observation after a
+//!    measurement gap, no scale-down: hold rather than act on it.
 //! 6. HPA-v2-style behaviour: per-direction stabilisation windows and rate
 //!    policies.
 //!
@@ -75,6 +78,12 @@ pub fn decide(
     let mut limited_by = None;
     let demand = fit_partitions(spec, observation.partitions, demand, &mut limited_by);
     let desired = bound(spec, demand, &mut limited_by);
+    if observation.after_gap && desired < current {
+        return hold(
+            current,
+            &format!("{reason}: first measurement after a gap: not scaling down on it"),
+        );
+    }
     let stabilized = stabilize(spec, state, current, desired, now);
     if stabilized != desired {
         limited_by = Some(Limit::Stabilization);
@@ -155,7 +164,8 @@ fn idle_or_activation(
     reason: &mut String,
 ) -> u32 {
     let lag = observation.lag;
-    let active = lag > 0 || observation.arrival_rate > 0.0;
+    // Stuck lag is a backlog too: never idle while it waits.
+    let active = lag > 0 || observation.stuck_lag > 0 || observation.arrival_rate > 0.0;
     if active {
         state.last_active = Some(now);
     }

@@ -51,8 +51,12 @@ pub struct Turn {
     /// The channel as measured, or why it could not be.
     pub observation: Result<Observation, MeasurementError>,
     pub decision: Decision,
-    /// Partitions whose consumers make no progress, for the status.
+    /// Partitions whose consumers make no progress and that no live
+    /// member holds, for the status.
     pub stuck_partitions: Vec<i32>,
+    /// Partitions without progress that a live member holds (a long job),
+    /// for the log and the metrics.
+    pub slow_partitions: Vec<i32>,
     /// Messages processed per second, smoothed, for the status.
     pub processing_rate: f64,
     /// The target was scaled to `decision.replicas`.
@@ -66,6 +70,8 @@ struct Memory {
     /// The last measurement failed: surges wait for one that works, or the
     /// watch would bring a failing measurement forward every second.
     measurement_failed: bool,
+    /// The slow and stuck partitions last logged, so each change logs once.
+    stalls_logged: (Vec<i32>, Vec<i32>),
 }
 
 /// One channel's scaling loop: its probe and its memory. Shared between a
@@ -103,6 +109,7 @@ impl ScalingLoop {
                 estimator: Estimator::new(estimator),
                 policy: PolicyState::default(),
                 measurement_failed: false,
+                stalls_logged: (Vec::new(), Vec::new()),
             }),
         }
     }
@@ -181,6 +188,9 @@ impl ScalingLoop {
         let memory = &mut *memory;
         let observation = sample.map(|sample| memory.estimator.observe(sample));
         memory.measurement_failed = observation.is_err();
+        if memory.measurement_failed {
+            memory.estimator.measurement_failed();
+        }
         let decision = policy::decide(
             spec,
             observation.as_ref().ok(),
@@ -188,11 +198,25 @@ impl ScalingLoop {
             current,
             now,
         );
+        let stalls = (
+            memory.estimator.slow_partitions(),
+            memory.estimator.stuck_partitions(),
+        );
+        if observation.is_ok() && stalls != memory.stalls_logged {
+            tracing::info!(
+                scaler = self.name.as_deref(),
+                slow = ?stalls.0,
+                stuck = ?stalls.1,
+                "partitions without progress changed"
+            );
+            memory.stalls_logged = stalls;
+        }
         Turn {
             current,
             observation,
             decision,
             stuck_partitions: memory.estimator.stuck_partitions(),
+            slow_partitions: memory.estimator.slow_partitions(),
             processing_rate: memory.estimator.processing_rate(),
             scaled: false,
         }

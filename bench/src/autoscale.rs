@@ -298,6 +298,8 @@ impl World {
                 .collect(),
             rebalancing: self.partitions.iter().any(|p| p.paused_until > t),
             members: self.active,
+            // The simulation has no assignment: every partition counts as held.
+            held: None,
         }
     }
 }

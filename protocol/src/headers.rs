@@ -43,6 +43,9 @@ pub const ERROR: &str = "osmosis-error";
 pub const ATTEMPTS: &str = "osmosis-attempts";
 /// Dead-letter records: where the request was read from (`topic/partition/offset`).
 pub const SOURCE: &str = "osmosis-source";
+/// Dead-letter records: present when the record was cut down to fit its
+/// topic; the original body's size in bytes (decimal).
+pub const TRUNCATED: &str = "osmosis-truncated";
 
 /// W3C trace context. It keeps its standard name so that tracing
 /// instrumentation for Kafka picks it up without knowing Osmosis.

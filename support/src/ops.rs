@@ -20,6 +20,23 @@ pub trait Health: Send + Sync + 'static {
     fn ready(&self) -> bool {
         true
     }
+
+    /// Whether the process makes progress (`/healthz`).
+    fn liveness(&self) -> Liveness {
+        Liveness::Ok
+    }
+}
+
+/// What `/healthz` says: 200 unless the process cannot make progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Ok,
+    /// Working, but something is worth a look (e.g. a handler running
+    /// long): 200, with the reason in the body.
+    Degraded(String),
+    /// Cannot make progress (e.g. a record Kafka never takes): 503, with
+    /// the reason in the body.
+    Failing(String),
 }
 
 /// Serves the endpoints on `listen` in a task of their own; returns the
@@ -29,7 +46,7 @@ pub async fn serve<H: Health>(listen: SocketAddr, health: Arc<H>) -> std::io::Re
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics::<H>))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz::<H>))
         .route("/readyz", get(readyz::<H>))
         .with_state(health);
     tokio::spawn(async move {
@@ -46,6 +63,14 @@ async fn metrics<H: Health>(State(health): State<Arc<H>>) -> Response {
         health.metrics(),
     )
         .into_response()
+}
+
+async fn healthz<H: Health>(State(health): State<Arc<H>>) -> Response {
+    match health.liveness() {
+        Liveness::Ok => (StatusCode::OK, "ok".to_owned()).into_response(),
+        Liveness::Degraded(reason) => (StatusCode::OK, format!("ok: {reason}")).into_response(),
+        Liveness::Failing(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    }
 }
 
 async fn readyz<H: Health>(State(health): State<Arc<H>>) -> Response {

@@ -315,3 +315,18 @@ pub fn free_port() -> u16 {
         .expect("binding an ephemeral port")
         .port()
 }
+
+/// Every `final` reply record of a reply topic, counted by request id (the
+/// record's key): what a worker wrote as final answers, whatever else
+/// (`accepted`, `progress` events) the topic holds.
+pub fn final_replies(brokers: &str, topic: &str) -> HashMap<String, usize> {
+    let total: i64 = high_watermarks(brokers, topic).values().sum();
+    let mut finals = HashMap::new();
+    for record in read_records_from(brokers, topic, total as usize, Duration::from_secs(30)) {
+        if record.header("osmosis-event") == Some("final") {
+            let id = String::from_utf8(record.key.unwrap_or_default()).expect("UTF-8 key");
+            *finals.entry(id).or_default() += 1;
+        }
+    }
+    finals
+}

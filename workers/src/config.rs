@@ -38,6 +38,28 @@ pub struct WorkerConfig {
         default_value_t = 30_000
     )]
     pub drain_timeout_ms: u64,
+    /// A partition whose message has been in process (waiting for a
+    /// handler slot, or in the handler) this long is reported slow: a log
+    /// line, `osmosis_worker_partitions_stalled{state="slow"}`, and a
+    /// reason in `/healthz`, which stays 200.
+    #[arg(long, env = "OSMOSIS_WORKER_SLOW_AFTER_MS", default_value_t = 60_000)]
+    pub slow_after_ms: u64,
+    /// A partition whose reply or dead letter has been unacknowledged this
+    /// long is reported stuck: a log line,
+    /// `osmosis_worker_partitions_stalled{state="stuck"}`, and `/healthz`
+    /// answers 503 with the reason.
+    #[arg(long, env = "OSMOSIS_WORKER_STUCK_AFTER_MS", default_value_t = 60_000)]
+    pub stuck_after_ms: u64,
+    /// How long a reply's or dead letter's topic or partition may stay
+    /// unknown to Kafka before the record is given up as undeliverable
+    /// (other permanent errors, such as a record too large, are never
+    /// retried; transient ones always are).
+    #[arg(
+        long,
+        env = "OSMOSIS_WORKER_UNKNOWN_TOPIC_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub unknown_topic_timeout_ms: u64,
     /// Address of the `/metrics` and `/healthz` endpoint (port 0: any free port).
     #[arg(
         long,
@@ -74,6 +96,9 @@ impl WorkerConfig {
             max_retries: 3,
             retry_backoff_ms: 200,
             drain_timeout_ms: 30_000,
+            slow_after_ms: 60_000,
+            stuck_after_ms: 60_000,
+            unknown_topic_timeout_ms: 60_000,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             kafka_properties: Vec::new(),
             consumer_properties: Vec::new(),
@@ -90,6 +115,22 @@ impl WorkerConfig {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// When a partition is reported slow or stuck.
+    pub(crate) fn stall_bounds(&self) -> crate::progress::Bounds {
+        crate::progress::Bounds {
+            slow_after: Duration::from_millis(self.slow_after_ms),
+            stuck_after: Duration::from_millis(self.stuck_after_ms),
+        }
+    }
+
+    /// How replies and dead letters are retried.
+    pub(crate) fn delivery_retry(&self) -> crate::delivery::Retry {
+        crate::delivery::Retry {
+            unknown_for: Duration::from_millis(self.unknown_topic_timeout_ms),
+            ..crate::delivery::Retry::default()
+        }
     }
 
     /// Delay before retry number `retry` (1-based): exponential, capped.

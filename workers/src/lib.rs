@@ -15,7 +15,12 @@
 //! - the shutdown future (SIGTERM/SIGINT in [`shutdown_signal`]) drains:
 //!   no new messages, in-flight ones finish within the drain timeout,
 //!   offsets are committed and the consumer leaves the group at once;
-//! - `/metrics` and `/healthz` on `metrics_listen`.
+//! - a record Kafka refuses for good (too large, invalid, unauthorized, its
+//!   topic gone) is never retried forever: a reply gives way to a problem
+//!   reply, a dead letter is cut down, and the partition moves on;
+//! - `/metrics` and `/healthz` on `metrics_listen`; a partition whose
+//!   message stays in process beyond a bound is reported slow (handler) or
+//!   stuck (delivery, `/healthz` 503).
 //!
 //! # Example
 //!
@@ -53,8 +58,13 @@
 //! - `process`: one message: decoding, the deadline, the handler's attempts
 //!   with retries and backoff, then the reply or the dead letter.
 //! - [`handler`]: the types a handler sees and returns.
+//! - `progress`: where each partition's current message is; slow and
+//!   stuck partitions in `/healthz`, `/metrics` and the log.
 //! - `replier`: the producer: final replies and dead letters (retried until
-//!   acknowledged) and progress events.
+//!   acknowledged or refused for good; a dead letter too large is cut
+//!   down) and progress events.
+//! - `delivery`: transient and permanent produce errors, and the retry
+//!   loop that gives up only on permanent ones.
 //! - `clients`: the Kafka consumer's and producer's settings, the
 //!   consumer's context (rebalance and commit logs, lag metric) and the
 //!   dead-letter topic.
@@ -67,9 +77,11 @@ pub mod handler;
 pub mod metrics;
 
 mod clients;
+mod delivery;
 mod error;
 mod partitions;
 mod process;
+mod progress;
 mod replier;
 mod runtime;
 

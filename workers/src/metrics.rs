@@ -1,14 +1,14 @@
-//! The worker's Prometheus metrics (prefix `osmosis_worker_`), served with
-//! `/healthz` by [`osmosis_support::ops`].
+//! The worker's Prometheus metrics (prefix `osmosis_worker_`); `progress`
+//! serves them with `/healthz` through [`osmosis_support::ops`].
 
 use osmosis_support::metrics::RegisterMetric;
-use osmosis_support::ops::Health;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// How the runtime finished with a message.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -22,6 +22,9 @@ pub enum Outcome {
     expired,
     /// Not a valid Osmosis request record: dead-lettered without running.
     malformed,
+    /// Kafka refused the reply for good (too large, its partition gone):
+    /// a problem reply went instead when it could, and the request to the DLQ.
+    undeliverable,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +37,21 @@ pub struct PartitionLabels {
     pub partition: i64,
 }
 
+/// A record Kafka refused for good: which one (`reply`, `dead_letter`) and
+/// why (`too_large`, `unknown_destination`, `rejected`); both closed sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub record: &'static str,
+    pub reason: &'static str,
+}
+
+/// A stalled partition's state: `slow` (its handler runs long) or `stuck`
+/// (what it must send is not acknowledged).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StallLabels {
+    pub state: &'static str,
+}
+
 /// Every metric the worker exports.
 pub struct Metrics {
     registry: Registry,
@@ -43,6 +61,9 @@ pub struct Metrics {
     pub retries: Counter,
     pub redeliveries: Counter,
     pub partition_lag: Family<PartitionLabels, Gauge>,
+    pub refused: Family<RefusalLabels, Counter>,
+    pub partition_busy_seconds: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
+    pub partitions_stalled: Family<StallLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -75,6 +96,21 @@ impl Default for Metrics {
                 "Messages behind the end of each assigned partition, as the consumer sees it",
                 Family::default(),
             ),
+            refused: registry.add(
+                "records_refused",
+                "Records Kafka refused for good (never retried), by record and reason; a dead letter then sent cut down counts too",
+                Family::default(),
+            ),
+            partition_busy_seconds: registry.add(
+                "partition_busy_seconds",
+                "Time the partition's current message has been in process (0: idle)",
+                Family::default(),
+            ),
+            partitions_stalled: registry.add(
+                "partitions_stalled",
+                "Partitions whose message is in process beyond the bound: slow (handler) or stuck (delivery)",
+                Family::default(),
+            ),
             registry,
         }
     }
@@ -89,11 +125,5 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         osmosis_support::metrics::render(&self.registry)
-    }
-}
-
-impl Health for Metrics {
-    fn metrics(&self) -> String {
-        self.render()
     }
 }

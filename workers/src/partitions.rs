@@ -4,6 +4,9 @@
 //! once its reply or dead letter was acknowledged. Tasks of different
 //! partitions run in parallel, their handlers bounded by `max_in_flight`.
 //!
+//! Each task tells `progress` where its current message is, from the
+//! moment it takes it until its offset is stored.
+//!
 //! This module owns the tasks, their queues and their drain; fetching
 //! messages and committing is `runtime`'s, a message's processing
 //! `process`'.
@@ -22,6 +25,7 @@ use crate::clients::WorkerContext;
 use crate::handler::Handler;
 use crate::metrics::Metrics;
 use crate::process::Processor;
+use crate::progress::Progress;
 
 /// The partition tasks started so far.
 pub(crate) struct Partitions<H> {
@@ -38,6 +42,8 @@ struct Shared<H> {
     /// background commit.
     consumer: Arc<StreamConsumer<WorkerContext>>,
     metrics: Arc<Metrics>,
+    /// Hears where each partition's current message is.
+    progress: Arc<Progress>,
     /// Bounds handlers running at once across partitions.
     permits: Semaphore,
     /// Cancelled on shutdown: partition tasks finish their current message
@@ -50,12 +56,14 @@ impl<H: Handler> Partitions<H> {
         processor: Processor<H>,
         consumer: Arc<StreamConsumer<WorkerContext>>,
         metrics: Arc<Metrics>,
+        progress: Arc<Progress>,
         max_in_flight: usize,
     ) -> Self {
         let shared = Shared {
             processor,
             consumer,
             metrics,
+            progress,
             permits: Semaphore::new(max_in_flight.max(1)),
             stopping: CancellationToken::new(),
         };
@@ -69,7 +77,8 @@ impl<H: Handler> Partitions<H> {
     pub(crate) fn queue(&mut self, partition: i32) -> &mpsc::Sender<OwnedMessage> {
         let (queue, _) = self.tasks.entry(partition).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(64);
-            (tx, tokio::spawn(partition_loop(self.shared.clone(), rx)))
+            let task = partition_loop(self.shared.clone(), partition, rx);
+            (tx, tokio::spawn(task))
         });
         queue
     }
@@ -102,8 +111,10 @@ impl<H: Handler> Partitions<H> {
 /// Processes one partition's messages in order.
 async fn partition_loop<H: Handler>(
     shared: Arc<Shared<H>>,
+    partition: i32,
     mut queue: mpsc::Receiver<OwnedMessage>,
 ) {
+    let watch = shared.progress.watch(partition);
     let mut highest_seen = -1;
     loop {
         let message = tokio::select! {
@@ -118,8 +129,9 @@ async fn partition_loop<H: Handler>(
             shared.metrics.redeliveries.inc();
         }
         highest_seen = highest_seen.max(message.offset());
+        watch.taken();
         let permit = shared.permits.acquire().await.expect("never closed");
-        let outcome = shared.processor.process(&message).await;
+        let outcome = shared.processor.process(&message, &watch).await;
         drop(permit);
         shared.metrics.count(outcome);
         if let Err(error) =
@@ -131,5 +143,6 @@ async fn partition_loop<H: Handler>(
             // process the message again from the last commit.
             tracing::debug!(%error, partition = message.partition(), "offset not stored");
         }
+        watch.finished();
     }
 }

@@ -3,14 +3,23 @@
 //! while the failure is retryable) and answered: with the handler's reply,
 //! or with an error reply once the record went to the dead-letter topic.
 //!
-//! Every reply and dead letter is acknowledged by Kafka before
-//! [`Processor::process`] returns; that is what lets the partition task
-//! store the offset right after. Ordering messages and storing offsets is
-//! `partitions`' concern, not this module's.
+//! Something final is acknowledged by Kafka before [`Processor::process`]
+//! returns; that is what lets the partition task store the offset right
+//! after. Normally that is the reply, and the dead letter of a failed
+//! request too. When Kafka refuses a record for good (see `delivery`), the
+//! request still ends: a reply too large gives way to a small problem
+//! reply (502, with the original size and the reason) and the request goes
+//! to the dead-letter topic; a dead letter too large is cut down
+//! (`replier`). Only when nothing at all could be acknowledged — no reply,
+//! no dead letter — does the dead letter keep being retried, the partition
+//! reported stuck meanwhile (`progress`): skipping would lose the request.
+//!
+//! Ordering messages and storing offsets is `partitions`' concern, not
+//! this module's.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use osmosis_protocol::clock::unix_ms;
 use osmosis_support::kafka::header_pairs;
@@ -21,9 +30,35 @@ use osmosis_protocol::{ReplyAddress, RequestEnvelope, RequestId};
 use rdkafka::message::{Message, OwnedMessage};
 
 use crate::config::WorkerConfig;
+use crate::delivery::{Refusal, Refused};
 use crate::handler::{Handler, HandlerError, Reply, ReplyTo, Request};
-use crate::metrics::{Metrics, Outcome};
+use crate::metrics::{Metrics, Outcome, RefusalLabels};
+use crate::progress::Watch;
 use crate::replier::{DeadLetter, Replier};
+
+/// Between two tries of a dead letter that was refused while nothing else
+/// for its request was acknowledged.
+const REFUSED_LETTER_RETRY: Duration = Duration::from_secs(5);
+
+/// What became of a request's final reply.
+#[derive(Debug)]
+enum Answered {
+    /// Acknowledged as the handler (or the runtime) wrote it.
+    Sent,
+    /// The request expects no reply.
+    NotExpected,
+    /// Refused; a problem reply saying why was acknowledged instead.
+    Replaced(Refused),
+    /// Refused, and so was any replacement: the client gets no reply.
+    Lost(Refused),
+}
+
+impl Answered {
+    /// Whether something final reached the reply address.
+    fn delivered(&self) -> bool {
+        matches!(self, Answered::Sent | Answered::Replaced(_))
+    }
+}
 
 /// Turns one message into an [`Outcome`]; shared by every partition task.
 pub(crate) struct Processor<H> {
@@ -58,9 +93,10 @@ impl<H: Handler> Processor<H> {
         }
     }
 
-    /// Processes `message` to the end: when this returns, its reply and its
-    /// dead letter, if it has them, were acknowledged by Kafka.
-    pub(crate) async fn process(&self, message: &OwnedMessage) -> Outcome {
+    /// Processes `message` to the end: when this returns, something final
+    /// for it — its reply, its dead letter — was acknowledged by Kafka.
+    /// `watch` hears where the message is.
+    pub(crate) async fn process(&self, message: &OwnedMessage, watch: &Watch) -> Outcome {
         let pairs = owned_headers(message);
         let decoded = RequestEnvelope::from_headers(
             pairs.iter().map(|(n, v)| (n.as_str(), Some(v.as_slice()))),
@@ -70,7 +106,9 @@ impl<H: Handler> Processor<H> {
             Err(error) => {
                 tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "malformed request record");
                 let error = format!("malformed request: {error}");
-                self.dead_letter(message, &pairs, &error, 0).await;
+                watch.delivering();
+                self.dead_letter(message, &pairs, &error, 0, false, watch)
+                    .await;
                 return Outcome::malformed;
             }
         };
@@ -82,29 +120,72 @@ impl<H: Handler> Processor<H> {
         {
             tracing::info!(request_id = %id, "deadline passed: not processed");
             let detail = "the deadline passed before a worker took the request";
-            self.answer(reply_to.as_ref(), id, &Reply::problem(504, detail))
+            watch.delivering();
+            let answered = self
+                .answer(reply_to.as_ref(), id, &Reply::problem(504, detail), watch)
                 .await;
-            return Outcome::expired;
+            return match self.undelivered(answered) {
+                None => Outcome::expired,
+                Some((error, replied)) => {
+                    self.dead_letter(message, &pairs, &error, 0, replied, watch)
+                        .await;
+                    Outcome::undeliverable
+                }
+            };
         }
 
-        match self.attempts(self.request(message, envelope)).await {
+        watch.handling();
+        let handled = self.attempts(self.request(message, envelope)).await;
+        watch.delivering();
+        match handled {
             Ok(reply) => {
-                self.answer(reply_to.as_ref(), id, &reply).await;
-                Outcome::replied
+                let answered = self.answer(reply_to.as_ref(), id, &reply, watch).await;
+                match self.undelivered(answered) {
+                    None => Outcome::replied,
+                    Some((error, replied)) => {
+                        self.dead_letter(message, &pairs, &error, 0, replied, watch)
+                            .await;
+                        Outcome::undeliverable
+                    }
+                }
             }
             Err(Failed { error, attempts }) => {
                 tracing::warn!(request_id = %id, attempts, %error, "handler failed; dead-lettering");
-                self.dead_letter(message, &pairs, &error.message, attempts)
-                    .await;
                 let detail = format!(
                     "the worker failed after {attempts} attempt(s): {}",
                     error.message
                 );
                 let reply = Reply::problem(error.status, &detail);
-                self.answer(reply_to.as_ref(), id, &reply).await;
+                // The reply first: when it is acknowledged, a refused dead
+                // letter need not hold the partition.
+                let answered = self.answer(reply_to.as_ref(), id, &reply, watch).await;
+                self.dead_letter(
+                    message,
+                    &pairs,
+                    &error.message,
+                    attempts,
+                    answered.delivered(),
+                    watch,
+                )
+                .await;
                 Outcome::dead_lettered
             }
         }
+    }
+
+    /// When the reply did not go out as written: counts and logs it, and
+    /// returns the dead letter's error text and whether the client got a
+    /// replacement reply.
+    fn undelivered(&self, answered: Answered) -> Option<(String, bool)> {
+        let (refused, replied) = match answered {
+            Answered::Sent | Answered::NotExpected => return None,
+            Answered::Replaced(refused) => (refused, true),
+            Answered::Lost(refused) => (refused, false),
+        };
+        Some((
+            format!("the reply could not be delivered: {refused}"),
+            replied,
+        ))
     }
 
     /// The handler's view of `message`.
@@ -166,34 +247,135 @@ impl<H: Handler> Processor<H> {
     }
 
     /// Sends `reply` as request `id`'s final reply, unless the request
-    /// expects none.
-    async fn answer(&self, reply_to: Option<&ReplyAddress>, id: RequestId, reply: &Reply) {
-        if let Some(address) = reply_to {
-            self.replier
-                .final_reply(address, &reply.final_envelope(id), &reply.body)
-                .await;
+    /// expects none; a reply Kafka refuses (too large, rejected) gives way
+    /// to a small problem reply that says why.
+    async fn answer(
+        &self,
+        reply_to: Option<&ReplyAddress>,
+        id: RequestId,
+        reply: &Reply,
+        watch: &Watch,
+    ) -> Answered {
+        let Some(address) = reply_to else {
+            return Answered::NotExpected;
+        };
+        let failed = |error: &rdkafka::error::KafkaError| watch.produce_failed(error);
+        let refused = match self
+            .replier
+            .final_reply(address, &reply.final_envelope(id), &reply.body, &failed)
+            .await
+        {
+            Ok(()) => return Answered::Sent,
+            Err(refused) => refused,
+        };
+        self.count_refusal("reply", &refused);
+        tracing::error!(
+            request_id = %id,
+            reply_topic = %address.topic,
+            reply_partition = address.partition,
+            bytes = reply.body.len(),
+            error = %refused,
+            "reply refused by Kafka for good"
+        );
+        if refused.refusal == Refusal::UnknownDestination {
+            // A replacement would go to the same missing partition.
+            return Answered::Lost(refused);
+        }
+        let detail = format!(
+            "the reply (status {}, {} bytes) could not be delivered: {}",
+            reply.status,
+            reply.body.len(),
+            refused
+        );
+        let replacement = Reply::problem(502, &detail);
+        match self
+            .replier
+            .final_reply(
+                address,
+                &replacement.final_envelope(id),
+                &replacement.body,
+                &failed,
+            )
+            .await
+        {
+            Ok(()) => Answered::Replaced(refused),
+            Err(again) => {
+                self.count_refusal("reply", &again);
+                tracing::error!(request_id = %id, error = %again, "replacement reply refused too");
+                Answered::Lost(refused)
+            }
         }
     }
 
+    /// Sends the request to the dead-letter topic. When Kafka refuses the
+    /// letter for good and `replied` is false (nothing else for this
+    /// request was acknowledged), keeps trying: the partition is then
+    /// reported stuck rather than the request lost.
     async fn dead_letter(
         &self,
         message: &OwnedMessage,
         original_headers: &[(String, Vec<u8>)],
         error: &str,
         attempts: u32,
+        replied: bool,
+        watch: &Watch,
     ) {
-        self.replier
-            .dead_letter(&DeadLetter {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key(),
-                value: message.payload().unwrap_or_default(),
-                original_headers,
-                error,
-                attempts,
+        let letter = DeadLetter {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            value: message.payload().unwrap_or_default(),
+            original_headers,
+            error,
+            attempts,
+        };
+        let failed = |error: &rdkafka::error::KafkaError| watch.produce_failed(error);
+        loop {
+            let refused = match self.replier.dead_letter(&letter, &failed).await {
+                Ok(false) => return,
+                Ok(true) => {
+                    // The whole letter was refused; a cut-down one went.
+                    self.metrics
+                        .refused
+                        .get_or_create(&RefusalLabels {
+                            record: "dead_letter",
+                            reason: Refusal::TooLarge.as_str(),
+                        })
+                        .inc();
+                    return;
+                }
+                Err(refused) => refused,
+            };
+            self.count_refusal("dead_letter", &refused);
+            if replied {
+                tracing::error!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    error = %refused,
+                    "dead letter refused by Kafka for good; the client has its reply: moving on"
+                );
+                return;
+            }
+            tracing::error!(
+                partition = message.partition(),
+                offset = message.offset(),
+                error = %refused,
+                retry_in = ?REFUSED_LETTER_RETRY,
+                "dead letter refused by Kafka and nothing else acknowledged for this request: holding the partition"
+            );
+            tokio::time::sleep(REFUSED_LETTER_RETRY).await;
+        }
+    }
+
+    fn count_refusal(&self, record: &'static str, refused: &Refused) {
+        self.metrics
+            .refused
+            .get_or_create(&RefusalLabels {
+                record,
+                reason: refused.refusal.as_str(),
             })
-            .await;
+            .inc();
     }
 }
 

@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -24,7 +25,11 @@ use crate::handler::Handler;
 use crate::metrics::Metrics;
 use crate::partitions::Partitions;
 use crate::process::Processor;
+use crate::progress::Progress;
 use crate::replier::Replier;
+
+/// How often a partition's slow or stuck state is checked for a log line.
+const PROGRESS_LOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// Runs `handler` on the configured channel until `shutdown` resolves, then
 /// drains: in-flight messages finish (within the drain timeout), offsets are
@@ -35,7 +40,8 @@ pub async fn run<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::default());
-    let metrics_addr = osmosis_support::ops::serve(config.metrics_listen, metrics.clone())
+    let progress = Arc::new(Progress::new(config.stall_bounds(), metrics.clone()));
+    let metrics_addr = osmosis_support::ops::serve(config.metrics_listen, progress.clone())
         .await
         .map_err(|source| Error::Metrics {
             addr: config.metrics_listen,
@@ -52,8 +58,16 @@ pub async fn run<H: Handler>(
     let consumer = Arc::new(consumer);
     let drain_timeout = config.drain_timeout();
     let max_in_flight = config.max_in_flight;
-    let processor = Processor::new(handler, config, Replier::new(producer), metrics.clone());
-    let mut partitions = Partitions::new(processor, consumer.clone(), metrics, max_in_flight);
+    progress.spawn_logger(PROGRESS_LOG_PERIOD);
+    let replier = Replier::new(producer, config.delivery_retry());
+    let processor = Processor::new(handler, config, replier, metrics.clone());
+    let mut partitions = Partitions::new(
+        processor,
+        consumer.clone(),
+        metrics,
+        progress,
+        max_in_flight,
+    );
     fetch(&consumer, &mut partitions, shutdown).await;
 
     tracing::info!(?drain_timeout, "draining: finishing in-flight messages");

@@ -184,6 +184,14 @@ pub(super) fn record_metrics(
         .get_or_create(labels)
         .set(turn.processing_rate);
     metrics
+        .slow_partitions
+        .get_or_create(labels)
+        .set(turn.slow_partitions.len() as i64);
+    metrics
+        .stuck_partitions
+        .get_or_create(labels)
+        .set(turn.stuck_partitions.len() as i64);
+    metrics
         .desired_replicas
         .get_or_create(labels)
         .set(i64::from(turn.decision.replicas));

@@ -1,5 +1,6 @@
 //! The estimator's unit tests: lag semantics, rates, capacity, time lag,
-//! stuck partitions and surges, from hand-built samples.
+//! slow and stuck partitions, measurement gaps and surges, from hand-built
+//! samples.
 
 use super::*;
 
@@ -18,6 +19,15 @@ fn sample(at: f64, members: u32, partitions: Vec<PartitionSample>) -> Sample {
         partitions,
         rebalancing: false,
         members,
+        held: None,
+    }
+}
+
+/// A sample whose members hold only the partitions `held`.
+fn holding(held: &[i32], sample: Sample) -> Sample {
+    Sample {
+        held: Some(held.to_vec()),
+        ..sample
     }
 }
 
@@ -132,7 +142,7 @@ fn time_lag_interpolates_when_the_oldest_message_arrived() {
 }
 
 #[test]
-fn a_partition_without_progress_becomes_stuck_and_leaves_the_lag() {
+fn a_partition_without_progress_that_no_member_holds_becomes_stuck_and_leaves_the_lag() {
     let mut estimator = Estimator::new(EstimatorConfig {
         stuck_after_seconds: 3.0,
         ..EstimatorConfig::default()
@@ -140,24 +150,96 @@ fn a_partition_without_progress_becomes_stuck_and_leaves_the_lag() {
     let mut observation = None;
     for poll in 0..5 {
         let at = f64::from(poll);
-        observation = Some(estimator.observe(sample(
-            at,
-            1,
-            vec![
-                partition(0, 0, 100, Some(10)),
-                partition(
-                    1,
-                    0,
-                    100 + i64::from(poll) * 10,
-                    Some(100 + i64::from(poll) * 10 - 5),
-                ),
-            ],
+        observation = Some(estimator.observe(holding(
+            &[1],
+            sample(
+                at,
+                1,
+                vec![
+                    partition(0, 0, 100, Some(10)),
+                    partition(
+                        1,
+                        0,
+                        100 + i64::from(poll) * 10,
+                        Some(100 + i64::from(poll) * 10 - 5),
+                    ),
+                ],
+            ),
         )));
     }
     let observation = observation.unwrap();
     assert_eq!(estimator.stuck_partitions(), [0]);
+    assert!(estimator.slow_partitions().is_empty());
     assert_eq!(observation.stuck_lag, 90);
     assert_eq!(observation.lag, 5);
+}
+
+/// A member that heartbeats and holds the partition is working on a long
+/// job: its partition is slow, and its lag stays demand.
+#[test]
+fn a_partition_without_progress_that_a_live_member_holds_is_slow_and_its_lag_counts() {
+    let mut estimator = Estimator::new(EstimatorConfig {
+        stuck_after_seconds: 3.0,
+        ..EstimatorConfig::default()
+    });
+    let mut observation = None;
+    for poll in 0..5 {
+        observation = Some(estimator.observe(holding(
+            &[0],
+            sample(f64::from(poll), 1, vec![partition(0, 0, 100, Some(10))]),
+        )));
+    }
+    let observation = observation.unwrap();
+    assert_eq!(estimator.slow_partitions(), [0]);
+    assert!(estimator.stuck_partitions().is_empty());
+    assert_eq!(observation.lag, 90);
+    assert_eq!(observation.stuck_lag, 0);
+    // An unreadable assignment counts as held while the group has members.
+    let mut unknown = Estimator::new(EstimatorConfig {
+        stuck_after_seconds: 3.0,
+        ..EstimatorConfig::default()
+    });
+    for poll in 0..5 {
+        unknown.observe(sample(
+            f64::from(poll),
+            1,
+            vec![partition(0, 0, 100, Some(10))],
+        ));
+    }
+    assert_eq!(unknown.slow_partitions(), [0]);
+}
+
+/// Kafka away for longer than the stuck bound: the workers could not
+/// commit, which says nothing about them. The first sample after the gap
+/// says it follows one, no partition is stuck because of it, and no rate
+/// spans it.
+#[test]
+fn a_measurement_gap_restarts_the_no_progress_clocks_and_the_rates() {
+    let mut estimator = Estimator::new(EstimatorConfig {
+        stuck_after_seconds: 60.0,
+        ..EstimatorConfig::default()
+    });
+    let before = estimator.observe(holding(
+        &[],
+        sample(0.0, 1, vec![partition(0, 0, 100, Some(10))]),
+    ));
+    assert!(!before.after_gap);
+    for _ in 0..20 {
+        estimator.measurement_failed();
+    }
+    let after = estimator.observe(holding(
+        &[],
+        sample(120.0, 1, vec![partition(0, 0, 100, Some(10))]),
+    ));
+    assert!(after.after_gap);
+    assert!(estimator.stuck_partitions().is_empty());
+    assert_eq!(after.lag, 90);
+    assert_eq!(estimator.processing_rate(), 0.0, "no rate across the gap");
+    let next = estimator.observe(holding(
+        &[],
+        sample(125.0, 1, vec![partition(0, 0, 100, Some(10))]),
+    ));
+    assert!(!next.after_gap, "only the first observation after the gap");
 }
 
 #[test]
@@ -167,14 +249,16 @@ fn quick_polls_do_not_make_a_partition_stuck_sooner() {
         ..EstimatorConfig::default()
     });
     for poll in 0..30 {
-        estimator.observe(sample(
-            f64::from(poll),
-            1,
-            vec![partition(0, 0, 100, Some(10))],
+        estimator.observe(holding(
+            &[],
+            sample(f64::from(poll), 1, vec![partition(0, 0, 100, Some(10))]),
         ));
     }
     assert!(estimator.stuck_partitions().is_empty(), "30 polls in 29 s");
-    estimator.observe(sample(60.0, 1, vec![partition(0, 0, 100, Some(10))]));
+    estimator.observe(holding(
+        &[],
+        sample(60.0, 1, vec![partition(0, 0, 100, Some(10))]),
+    ));
     assert_eq!(estimator.stuck_partitions(), [0], "60 s without progress");
 }
 

@@ -12,6 +12,7 @@ fn observed(lag: u64) -> Observation {
         time_lag_seconds: 0.0,
         partitions: 64,
         rebalancing: false,
+        after_gap: false,
     }
 }
 
@@ -212,6 +213,79 @@ fn stuck_partitions_are_reported_not_chased() {
             .reason
             .contains("stuck partitions' lag 50000 left out")
     );
+}
+
+/// Every partition stuck leaves no lag to scale on, yet the backlog is
+/// there: idle time never takes the group to zero.
+#[test]
+fn a_backlog_of_stuck_partitions_is_never_scaled_to_zero() {
+    let spec = ScalerSpec {
+        min_replicas: 0,
+        idle_seconds: 10.0,
+        scale_down: Behavior {
+            stabilization_seconds: 0.0,
+            policies: Vec::new(),
+            select: Select::Max,
+        },
+        ..spec()
+    };
+    let all_stuck = Observation {
+        stuck_lag: 500,
+        ..observed(0)
+    };
+    let mut state = PolicyState::default();
+    let mut replicas = 3;
+    for now in 0..100 {
+        replicas = decide(
+            &spec,
+            Some(&all_stuck),
+            &mut state,
+            replicas,
+            f64::from(now),
+        )
+        .replicas;
+        assert!(
+            replicas >= 1,
+            "scaled to zero at {now} s with a stuck backlog"
+        );
+    }
+    assert_eq!(replicas, 1, "down to one replica, not below");
+}
+
+/// The first observation after failed measurements never scales down; it
+/// may scale up, and the next one decides as usual.
+#[test]
+fn no_scale_down_on_the_first_observation_after_a_measurement_gap() {
+    let spec = ScalerSpec {
+        idle_seconds: 0.0,
+        scale_down: Behavior {
+            stabilization_seconds: 0.0,
+            policies: Vec::new(),
+            select: Select::Max,
+        },
+        ..spec()
+    };
+    let mut state = PolicyState::default();
+    let gap = Observation {
+        after_gap: true,
+        ..observed(0)
+    };
+    let decision = decide(&spec, Some(&gap), &mut state, 4, 100.0);
+    assert_eq!(decision.replicas, 4, "{}", decision.reason);
+    assert_eq!(decision.limited_by, Some(Limit::Held));
+    assert!(
+        decision.reason.contains("after a gap"),
+        "{}",
+        decision.reason
+    );
+    let busy_after_gap = Observation {
+        after_gap: true,
+        ..observed(20_000)
+    };
+    let up = decide(&spec, Some(&busy_after_gap), &mut state, 4, 101.0);
+    assert!(up.replicas > 4, "scale-up stays allowed: {}", up.reason);
+    let next = decide(&spec, Some(&observed(0)), &mut state, 4, 102.0);
+    assert!(next.replicas < 4, "{}", next.reason);
 }
 
 #[test]

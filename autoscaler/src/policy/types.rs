@@ -65,9 +65,11 @@ impl Default for ScalerSpec {
 /// One measurement of the channel.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
-    /// Messages not yet processed, stuck partitions excluded.
+    /// Messages not yet processed, stuck partitions excluded (slow ones,
+    /// held by a live member, included).
     pub lag: u64,
-    /// Lag of partitions whose committed offset does not move.
+    /// Lag of partitions whose committed offset does not move and that no
+    /// live member of the group holds.
     pub stuck_lag: u64,
     /// Messages entering the channel per second.
     pub arrival_rate: f64,
@@ -78,6 +80,9 @@ pub struct Observation {
     pub partitions: u32,
     /// The consumer group is rebalancing: rates and lag are in flux.
     pub rebalancing: bool,
+    /// The first observation after failed measurements: rates restart and
+    /// nothing is known of the gap, so it never scales down.
+    pub after_gap: bool,
 }
 
 /// What the policy remembers between decisions.

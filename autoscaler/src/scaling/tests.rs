@@ -50,6 +50,7 @@ fn sample(at: f64, high: i64, committed: i64) -> Sample {
         }],
         rebalancing: false,
         members: 2,
+        held: None,
     }
 }
 
@@ -95,4 +96,38 @@ fn a_failed_measurement_silences_the_surge_check_until_one_works() {
     );
     scaling.decide(&spec, Ok(sample(14.0, 2000, 2000)), 1, 14.0);
     assert!(scaling.surging(15.0, 4000, 1), "2000/s after 375/s");
+}
+
+/// A Kafka outage longer than the stuck bound: the loop holds through the
+/// failed measurements and on the first one after them, even though the
+/// committed offset has not moved for longer than the bound; the next
+/// measurement decides as usual.
+#[test]
+fn after_an_outage_the_loop_holds_before_it_decides_again() {
+    let scaling = unmeasurable();
+    let spec = ScalerSpec {
+        min_replicas: 0,
+        idle_seconds: 0.0,
+        allow_more_replicas_than_partitions: true,
+        scale_down: crate::policy::Behavior {
+            stabilization_seconds: 0.0,
+            policies: Vec::new(),
+            select: crate::policy::Select::Max,
+        },
+        ..ScalerSpec::default()
+    };
+    let busy = scaling.decide(&spec, Ok(sample(0.0, 1_000, 100)), 4, 0.0);
+    assert_eq!(busy.decision.replicas, 9, "{:?}", busy.decision);
+    for at in [30.0, 60.0, 90.0] {
+        let failed = MeasurementError::Sample(MeasureError::NoOffset(0));
+        let turn = scaling.decide(&spec, Err(failed), 9, at);
+        assert_eq!(turn.decision.replicas, 9);
+    }
+    // Back after 120 s; nothing committed meanwhile, and the backlog is gone
+    // elsewhere (say, retention): no scale-down on this one observation.
+    let after = scaling.decide(&spec, Ok(sample(120.0, 1_000, 1_000)), 9, 120.0);
+    assert_eq!(after.decision.replicas, 9, "{:?}", after.decision);
+    assert!(after.stuck_partitions.is_empty() && after.slow_partitions.is_empty());
+    let next = scaling.decide(&spec, Ok(sample(125.0, 1_000, 1_000)), 9, 125.0);
+    assert!(next.decision.replicas < 9, "{:?}", next.decision);
 }
