@@ -156,7 +156,8 @@ pub async fn run(
         let ops_listener = TcpListener::bind(addr)
             .await
             .map_err(|source| Error::OpsListener { addr, source })?;
-        tracing::info!(%addr, "operational endpoints (/healthz, /readyz, /metrics) listening");
+        let bound = ops_listener.local_addr().map_err(Error::Serve)?;
+        tracing::info!(addr = %bound, serves = "/healthz /readyz /metrics", "operational endpoints listening");
         // Probes and scrapes answer until the process exits: a stopping
         // gateway says "not ready" there rather than refusing connections.
         tokio::spawn(async move {

@@ -85,6 +85,7 @@ mod tests {
             DEADLINE,
             SUBJECT,
             SCOPES,
+            TRUNCATED,
             EVENT,
             STATUS,
             ERROR,

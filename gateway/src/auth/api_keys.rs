@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{AuthError, Identity};
+use super::identity::{AuthError, Identity};
 use crate::config::ApiKeysConfig;
 
 /// Why the key list could not be loaded.

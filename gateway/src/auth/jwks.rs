@@ -19,7 +19,7 @@ use moka::sync::Cache;
 use osmosis_protocol::clock::unix_ms;
 use serde_json::Value;
 
-use super::{AuthError, Identity};
+use super::identity::{AuthError, Identity};
 use crate::config::JwtConfig;
 
 /// Longest token accepted: larger ones are refused before any parsing.

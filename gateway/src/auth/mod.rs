@@ -7,6 +7,8 @@
 //! - [`jwks`]: the signing keys (a JWKS file or URL, refreshed) and the
 //!   token check (issuer, audience, algorithm allow-list, clock skew).
 //! - [`api_keys`]: static keys, known only by their SHA-256.
+//! - [`identity`]: a verified caller and why a credential was refused (a
+//!   leaf the others share).
 //! - [`policy`]: an identity against a route's or a channel's access.
 //! - [`mint`]: development tokens (`osmosis-gateway token`).
 //! - this file: the [`Authenticator`] that reads the credential a request
@@ -16,58 +18,22 @@
 //! never its text.
 
 pub mod api_keys;
+pub mod identity;
 pub mod jwks;
 pub mod mint;
 pub mod policy;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use http::{HeaderMap, header};
-use osmosis_protocol::Caller;
 
 use crate::config::AuthConfig;
 use api_keys::ApiKeys;
+pub use identity::{AuthError, Identity};
 use jwks::JwtVerifier;
 
 /// The header a static API key travels in.
 pub const API_KEY_HEADER: &str = "x-api-key";
-
-/// A verified caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    /// The token's `sub`, or the API key's subject.
-    pub subject: String,
-    pub scopes: BTreeSet<String>,
-    /// The token's claims as text (`tenant`, `email`…), for policies that
-    /// require a value or bind a subscription's key to one. String claims
-    /// as they are, numbers and booleans as their JSON text.
-    pub claims: std::collections::BTreeMap<String, String>,
-}
-
-impl Identity {
-    /// The identity as workers receive it.
-    pub fn caller(&self) -> Caller {
-        Caller {
-            subject: self.subject.clone(),
-            scopes: self.scopes.iter().cloned().collect(),
-        }
-    }
-}
-
-/// Why a credential was not accepted: a 401 for the client.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum AuthError {
-    /// No credential where one is required.
-    #[error("this resource requires authentication")]
-    Missing,
-    /// A credential that is malformed, expired, for someone else, or
-    /// signed by a key this gateway does not trust.
-    #[error("invalid token: {0}")]
-    InvalidToken(String),
-    #[error("invalid API key")]
-    InvalidApiKey,
-}
 
 /// Where a browser's `EventSource` may carry its token instead of the
 /// `Authorization` header, when a channel allows it.

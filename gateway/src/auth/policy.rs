@@ -3,7 +3,7 @@
 //! required claim value; and for channels that bind subscriptions to a
 //! claim, the only key the caller may read.
 
-use super::{AuthError, Identity};
+use super::identity::{AuthError, Identity};
 use crate::config::AccessConfig;
 
 /// Why a caller may not go on.

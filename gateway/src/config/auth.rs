@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use super::{ConfigError, invalid};
+use super::error::{ConfigError, invalid};
 
 /// How the gateway authenticates callers. Without this section every route
 /// and channel is public, as before; with it, every route and channel

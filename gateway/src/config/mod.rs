@@ -14,10 +14,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod auth;
+mod error;
 mod load;
 mod validate;
 
 pub use auth::{AccessConfig, ApiKeysConfig, AuthConfig, CorsConfig, JwtConfig};
+pub use error::ConfigError;
+use error::invalid;
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "OSMOSIS_";
@@ -379,22 +382,6 @@ impl Config {
             );
         }
         topics
-    }
-}
-
-/// A configuration that cannot be loaded or makes no sense.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("{field}: {reason}")]
-    Invalid { field: String, reason: String },
-}
-
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.into(),
-        reason: reason.into(),
     }
 }
 

@@ -57,7 +57,7 @@ impl Config {
                 cors.validate(&format!("channels.{name}.cors"))?;
             }
         }
-        if self.ops_listen == Some(self.listen) {
+        if self.ops_listen == Some(self.listen) && self.listen.port() != 0 {
             return Err(invalid(
                 "ops_listen",
                 "must differ from listen (leave it out to serve everything on listen)",

@@ -25,7 +25,7 @@ use crate::subscriptions::{Positions, StartAt, SubscriptionError};
 pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
     let subscribe = get(subscribe_channel);
     let subscribe = match cors::for_channels(&config.channels) {
-        Some(cors) => subscribe.layer(cors),
+        Some(cors) => subscribe.options(cors::preflight).layer(cors),
         None => subscribe,
     };
     Router::new().route("/v1/channels/{name}", subscribe)

@@ -14,12 +14,19 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowCredentials, AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
+use super::accepted::REQUEST_ID_HEADER;
 use crate::auth::API_KEY_HEADER;
 use crate::config::{ChannelConfig, CorsConfig, Mode, RouteConfig};
-use crate::server::REQUEST_ID_HEADER;
 
 /// The policies that apply to a request, by its path.
 type Policies = Arc<dyn Fn(&Parts) -> Vec<CorsConfig> + Send + Sync>;
+
+/// The route of `OPTIONS` on a path with a CORS layer: the layer answers
+/// preflights itself, and without a route they would reach the 405
+/// fallback instead of it. An `OPTIONS` that is no preflight gets 204.
+pub(super) async fn preflight() -> http::StatusCode {
+    http::StatusCode::NO_CONTENT
+}
 
 /// The CORS layer of one path's routes; `None` when none of them has a
 /// policy (then browsers get no CORS headers and refuse cross-origin calls).

@@ -47,7 +47,9 @@ pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
     by_path.into_iter().fold(
         Router::new(),
         |router, (path, methods)| match cors::for_routes(&configs_by_path[path]) {
-            Some(cors) => router.route(path, methods.layer(cors)),
+            // The CORS layer answers preflights itself; the OPTIONS route
+            // makes them reach it rather than the 405 fallback.
+            Some(cors) => router.route(path, methods.options(cors::preflight).layer(cors)),
             None => router.route(path, methods),
         },
     )

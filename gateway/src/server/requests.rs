@@ -30,7 +30,7 @@ use crate::sse::{self, StreamKind};
 pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
     let status = get(request_status);
     let status = match cors::for_requests(&config.routes) {
-        Some(cors) => status.layer(cors),
+        Some(cors) => status.options(cors::preflight).layer(cors),
         None => status,
     };
     Router::new().route("/v1/requests/{id}", status)
