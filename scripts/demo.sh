@@ -56,8 +56,13 @@ worker_pid=$!
 target/debug/osmosis-autoscaler local --brokers 127.0.0.1:9092 --topic demo.work \
   --min-replicas 0 --max-replicas 6 --lag-per-replica 10 --idle-seconds 20 \
   --scale-down-stabilization-seconds 15 --poll-interval-ms 1000 -- \
-  target/debug/examples/slow --brokers 127.0.0.1:9092 --channel demo.work --work-ms 500 &
+  target/debug/examples/slow --brokers 127.0.0.1:9092 --channel demo.work --work-ms 500 --progress-steps 2 --echo &
 autoscaler_pid=$!
+
+# A token for the protected route, minted with the demo's development key.
+mint_token=(target/debug/osmosis-gateway token --jwks-file config/demo-jwks.json
+  --issuer osmosis-demo --audience osmosis-demo --subject alice --scope demo:orders)
+token=$("${mint_token[@]}")
 
 cat <<'MSG'
 
@@ -79,6 +84,21 @@ cat <<'MSG'
   Watch the autoscaler scale slow workers up on a burst, and down after it:
 
     for i in $(seq 100); do curl -s -o /dev/null -X POST http://127.0.0.1:8080/demo/work -H 'Prefer: respond-async' -d "job $i"; done
+
+MSG
+cat <<MSG
+  The browser page (subscribes, publishes, follows a request's events):
+
+    http://127.0.0.1:8080/ui/
+
+  POST /demo/orders needs a token with scope demo:orders; the echo worker's
+  reply names the caller it saw (x-echo-caller). Without the token: 401.
+
+    curl -i -X POST http://127.0.0.1:8080/demo/orders -H 'Authorization: Bearer $token' -d 'one order'
+
+  The token was minted with (add --claim tenant=acme, --lifetime 15m...):
+
+    ${mint_token[*]}
 
   Ctrl-C stops the worker, the gateway and the Kafka broker the demo started.
 

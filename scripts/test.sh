@@ -47,6 +47,9 @@ done
 echo "==> build"
 cargo build --workspace --bins --examples --locked
 
+echo "==> browser (Debian's chromium, for the page test)"
+scripts/browser.sh install
+
 echo "==> Kafka"
 scripts/kafka.sh up
 # The SASL_SSL listener's client settings, as the tests name them.

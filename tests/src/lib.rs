@@ -15,6 +15,7 @@
 //! Nothing here skips: when Kafka or a binary is missing, the test fails with
 //! a message that says how to provide it.
 
+pub mod browser;
 pub mod kafka;
 pub mod kube;
 pub mod process;

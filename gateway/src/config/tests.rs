@@ -217,3 +217,17 @@ fn trust_settings_that_cannot_work_name_their_field() {
         );
     }
 }
+
+#[test]
+fn the_demo_configuration_loads() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/demo.yaml");
+    let config = Config::load(Some(&demo)).unwrap();
+    assert!(config.auth.is_some());
+    let protected: Vec<_> = config
+        .routes
+        .iter()
+        .filter(|route| !route.access.public)
+        .map(RouteConfig::label)
+        .collect();
+    assert_eq!(protected, vec!["demo-orders"]);
+}
