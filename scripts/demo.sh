@@ -35,13 +35,14 @@ trap 'exit 0' INT TERM
 
 echo "demo: building the gateway and the example workers"
 cargo build --bin osmosis-gateway --bin osmosis-autoscaler --examples
+bin="${CARGO_TARGET_DIR:-target}/debug"
 
 if ! scripts/kafka.sh status; then
   scripts/kafka.sh up
   started_kafka=true
 fi
 
-target/debug/osmosis-gateway --config config/demo.yaml --create-topics &
+"$bin"/osmosis-gateway --config config/demo.yaml --create-topics &
 gateway_pid=$!
 
 deadline=$((SECONDS + 60))
@@ -51,16 +52,16 @@ until curl -fsS -o /dev/null http://127.0.0.1:8080/readyz 2>/dev/null; do
   sleep 0.2
 done
 
-target/debug/examples/echo --brokers 127.0.0.1:9092 --channel demo.echo &
+"$bin"/examples/echo --brokers 127.0.0.1:9092 --channel demo.echo &
 worker_pid=$!
-target/debug/osmosis-autoscaler local --brokers 127.0.0.1:9092 --topic demo.work \
+"$bin"/osmosis-autoscaler local --brokers 127.0.0.1:9092 --topic demo.work \
   --min-replicas 0 --max-replicas 6 --lag-per-replica 10 --idle-seconds 20 \
   --scale-down-stabilization-seconds 15 --poll-interval-ms 1000 -- \
-  target/debug/examples/slow --brokers 127.0.0.1:9092 --channel demo.work --work-ms 500 --progress-steps 2 --echo &
+  "$bin"/examples/slow --brokers 127.0.0.1:9092 --channel demo.work --work-ms 500 --progress-steps 2 --echo &
 autoscaler_pid=$!
 
 # A token for the protected route, minted with the demo's development key.
-mint_token=(target/debug/osmosis-gateway token --jwks-file config/demo-jwks.json
+mint_token=("$bin"/osmosis-gateway token --jwks-file config/demo-jwks.json
   --issuer osmosis-demo --audience osmosis-demo --subject alice --scope demo:orders)
 token=$("${mint_token[@]}")
 
