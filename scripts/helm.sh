@@ -17,7 +17,7 @@
 # the version ldflags are set. helm-unittest cannot be `go install`ed (its
 # go.mod has replace directives) and its plugin.yaml downloads a release in a
 # hook: it is built from the module's source and installed from a directory
-# holding the binary and a plugin.yaml without that hook.
+# holding the binary and a plugin.yaml of our own.
 set -euo pipefail
 
 HELM_VERSION=${HELM_VERSION:-3.22.0}
@@ -66,17 +66,16 @@ build_unittest() {
   (
     cd "$work/src"
     CGO_ENABLED=0 go build -trimpath -o "$work/plugin/untt" ./cmd/helm-unittest
-    # The plugin manifest without its platformHooks (they download a release).
-    python3 - plugin.yaml "$work/plugin/plugin.yaml" <<'PY'
-import sys
-out, skip = [], False
-for line in open(sys.argv[1]):
-    if line.rstrip() and not line[0].isspace():
-        skip = line.startswith(("platformHooks:", "hooks:"))
-    if not skip:
-        out.append(line)
-open(sys.argv[2], "w").write("".join(out))
-PY
+    # A plugin manifest of our own: the module's names a binary per
+    # platform and install hooks that download a release.
+    cat >"$work/plugin/plugin.yaml" <<MANIFEST
+name: "unittest"
+version: "$HELM_UNITTEST_VERSION"
+usage: "unittest for helm charts"
+description: "helm-unittest $HELM_UNITTEST_VERSION, built from its Go module"
+ignoreFlags: false
+command: "\$HELM_PLUGIN_DIR/untt"
+MANIFEST
   ) || { rm -rf "$work"; log "building helm-unittest failed"; exit 1; }
   mkdir -p "$HELM_PLUGINS" "$HELM_DATA_HOME" "$HELM_CONFIG_HOME" "$HELM_CACHE_HOME"
   "$HELM_BIN" plugin uninstall unittest >/dev/null 2>&1 || true
