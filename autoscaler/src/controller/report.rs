@@ -162,6 +162,11 @@ pub(super) fn record_metrics(
     conflict: bool,
 ) {
     metrics.measurements.get_or_create(labels).inc();
+    // Counters that may stay at zero exist from the first measurement, so
+    // that rate() and alerts see 0 rather than no series.
+    let _ = metrics.measurement_errors.get_or_create(labels);
+    let _ = metrics.surges.get_or_create(labels);
+    let _ = metrics.scale_events.get_or_create(labels);
     match &turn.observation {
         Ok(observation) => {
             metrics
