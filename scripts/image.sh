@@ -42,10 +42,11 @@ rootfs() {
   need mmdebstrap
   log "making a Debian bookworm rootfs with the binaries' libraries into $ROOTFS"
   mkdir -p "$(dirname "$ROOTFS")"
+  # mmdebstrap picks the output format from the name: keep .tar last.
   mmdebstrap --mode=root --variant=extract \
     --include=libc6,libgcc-s1,zlib1g,libssl3,ca-certificates \
-    bookworm "$ROOTFS.tmp"
-  mv "$ROOTFS.tmp" "$ROOTFS"
+    bookworm "${ROOTFS%.tar}.tmp.tar"
+  mv "${ROOTFS%.tar}.tmp.tar" "$ROOTFS"
 }
 
 build() {
