@@ -55,7 +55,7 @@ build() {
   [ "$PROFILE" = release ] && flag=(--release)
   [ "$PROFILE" != release ] && [ "$PROFILE" != dev ] && flag=(--profile "$PROFILE")
   log "building the binaries ($PROFILE)"
-  cargo build "${flag[@]}" --locked --bins --examples
+  cargo build "${flag[@]}" --locked -p osmosis-gateway -p osmosis-autoscaler -p osmosis-worker --bins --examples
   local out="$TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
   rootfs
   local context
