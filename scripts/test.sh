@@ -65,6 +65,14 @@ done < <(scripts/kafka.sh env)
 echo "==> Kubernetes API (etcd + kube-apiserver)"
 scripts/kube.sh up
 
+echo "==> Helm chart (scripts/chart-test.sh)"
+KUBECONFIG="$KUBE_STATE_DIR/kubeconfig" scripts/chart-test.sh
+# The chart's end-to-end tests (tests/tests/helm_chart.rs) take the tools from here.
+OSMOSIS_TEST_HELM=$(scripts/helm.sh env | sed -n 's/^HELM=//p')
+OSMOSIS_TEST_PROMETHEUS=$(scripts/monitoring.sh env | sed -n 's/^PROMETHEUS=//p')
+OSMOSIS_TEST_PROMTOOL=$(scripts/monitoring.sh env | sed -n 's/^PROMTOOL=//p')
+export OSMOSIS_TEST_HELM OSMOSIS_TEST_PROMETHEUS OSMOSIS_TEST_PROMTOOL
+
 echo "==> tests"
 OSMOSIS_TEST_KAFKA="127.0.0.1:$KAFKA_PORT" \
   OSMOSIS_TEST_KUBECONFIG="$KUBE_STATE_DIR/kubeconfig" \

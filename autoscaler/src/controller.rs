@@ -97,7 +97,14 @@ async fn reconcile_scaler(
         report::scaled(ctx, scaler, &key, &labels, &turn.decision).await;
     }
     let status = report::status(scaler, &turn, conflict.as_deref());
-    report::record_metrics(&ctx.metrics, &labels, &turn, &status);
+    report::record_metrics(
+        &ctx.metrics,
+        &labels,
+        scaler,
+        &turn,
+        &status,
+        conflict.is_some(),
+    );
     let replicas = status.current_replicas.max(0) as u32;
     report::write_status(ctx, scaler, &namespace, status).await?;
     ctx.scalers.completed(&key, replicas);
@@ -126,6 +133,7 @@ pub async fn run(
     metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    metrics.leader.set(1);
     tracing::info!("controller started");
     Controller::new(scalers, watcher::Config::default())
         .reconcile_on(surged)
@@ -137,4 +145,5 @@ pub async fn run(
             }
         })
         .await;
+    metrics.leader.set(0);
 }

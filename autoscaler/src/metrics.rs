@@ -41,6 +41,16 @@ pub struct Metrics {
     /// Reconciles brought forward by the surge watch.
     pub surges: Family<ScalerLabels, Counter>,
     pub reconcile_duration: Histogram,
+    /// Partitions whose consumer made no progress while they had a backlog.
+    pub stuck_partitions: Family<ScalerLabels, Gauge>,
+    /// The scaler's `maxReplicas`, so an alert can see a scaler at its ceiling.
+    pub max_replicas: Family<ScalerLabels, Gauge>,
+    /// The scaler's `maxTimeLagSeconds` (its SLO), when it has one.
+    pub max_time_lag_seconds: Family<ScalerLabels, FloatGauge>,
+    /// 1 while a HorizontalPodAutoscaler also scales the target (not scaled).
+    pub hpa_conflict: Family<ScalerLabels, Gauge>,
+    /// 1 while this replica holds the leader Lease and reconciles.
+    pub leader: Gauge,
     /// Set once the controller runs (and, with leader election, leads).
     pub ready: AtomicBool,
 }
@@ -109,6 +119,31 @@ impl Default for Metrics {
                 "reconcile_duration_seconds",
                 "Time one reconcile took",
                 Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            ),
+            stuck_partitions: registry.add(
+                "stuck_partitions",
+                "Partitions with a backlog whose consumer made no progress",
+                Family::default(),
+            ),
+            max_replicas: registry.add(
+                "max_replicas",
+                "The scaler's maxReplicas",
+                Family::default(),
+            ),
+            max_time_lag_seconds: registry.add(
+                "max_time_lag_seconds",
+                "The scaler's maxTimeLagSeconds (its time-lag SLO), when set",
+                Family::default(),
+            ),
+            hpa_conflict: registry.add(
+                "hpa_conflict",
+                "1 while a HorizontalPodAutoscaler also scales the target",
+                Family::default(),
+            ),
+            leader: registry.add(
+                "leader",
+                "1 while this replica holds the leader Lease",
+                Gauge::default(),
             ),
             ready: AtomicBool::new(false),
             registry,

@@ -156,10 +156,17 @@ fn now_rfc3339() -> String {
 pub(super) fn record_metrics(
     metrics: &Metrics,
     labels: &ScalerLabels,
+    scaler: &ChannelScaler,
     turn: &Turn,
     status: &ChannelScalerStatus,
+    conflict: bool,
 ) {
     metrics.measurements.get_or_create(labels).inc();
+    // Counters that may stay at zero exist from the first measurement, so
+    // that rate() and alerts see 0 rather than no series.
+    let _ = metrics.measurement_errors.get_or_create(labels);
+    let _ = metrics.surges.get_or_create(labels);
+    let _ = metrics.scale_events.get_or_create(labels);
     match &turn.observation {
         Ok(observation) => {
             metrics
@@ -199,6 +206,29 @@ pub(super) fn record_metrics(
         .current_replicas
         .get_or_create(labels)
         .set(i64::from(status.current_replicas));
+    metrics
+        .stuck_partitions
+        .get_or_create(labels)
+        .set(turn.stuck_partitions.len() as i64);
+    metrics
+        .max_replicas
+        .get_or_create(labels)
+        .set(i64::from(scaler.spec.max_replicas));
+    match scaler.spec.max_time_lag_seconds {
+        Some(slo) => {
+            metrics
+                .max_time_lag_seconds
+                .get_or_create(labels)
+                .set(slo as f64);
+        }
+        None => {
+            metrics.max_time_lag_seconds.remove(labels);
+        }
+    }
+    metrics
+        .hpa_conflict
+        .get_or_create(labels)
+        .set(i64::from(conflict));
 }
 
 /// Writes `status` with server-side apply, under the controller's field
