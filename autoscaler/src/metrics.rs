@@ -41,8 +41,6 @@ pub struct Metrics {
     /// Reconciles brought forward by the surge watch.
     pub surges: Family<ScalerLabels, Counter>,
     pub reconcile_duration: Histogram,
-    /// Partitions whose consumer made no progress while they had a backlog.
-    pub stuck_partitions: Family<ScalerLabels, Gauge>,
     /// The scaler's `maxReplicas`, so an alert can see a scaler at its ceiling.
     pub max_replicas: Family<ScalerLabels, Gauge>,
     /// The scaler's `maxTimeLagSeconds` (its SLO), when it has one.
@@ -119,11 +117,6 @@ impl Default for Metrics {
                 "reconcile_duration_seconds",
                 "Time one reconcile took",
                 Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            ),
-            stuck_partitions: registry.add(
-                "stuck_partitions",
-                "Partitions with a backlog whose consumer made no progress",
-                Family::default(),
             ),
             max_replicas: registry.add(
                 "max_replicas",

@@ -207,10 +207,6 @@ pub(super) fn record_metrics(
         .get_or_create(labels)
         .set(i64::from(status.current_replicas));
     metrics
-        .stuck_partitions
-        .get_or_create(labels)
-        .set(turn.stuck_partitions.len() as i64);
-    metrics
         .max_replicas
         .get_or_create(labels)
         .set(i64::from(scaler.spec.max_replicas));
