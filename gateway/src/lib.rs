@@ -40,6 +40,7 @@ pub mod route;
 pub mod server;
 pub mod sse;
 pub mod subscriptions;
+pub mod tls;
 pub mod topics;
 pub mod trace_context;
 pub mod writer;
@@ -75,6 +76,8 @@ pub enum Error {
     Replies(#[from] RepliesError),
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot bind the operational listener {addr}: {source}")]
     OpsListener {
         addr: std::net::SocketAddr,
@@ -149,7 +152,9 @@ pub async fn run(
     let grace_ending = state.grace_ending.clone();
     let (app, ops_app) = server::apps(&config, state);
     match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, routes = config.routes.len(), "listening"),
+        Ok(addr) => {
+            tracing::info!(%addr, routes = config.routes.len(), tls = config.tls.is_some(), "listening")
+        }
         Err(error) => return Err(Error::Serve(error)),
     }
     if let (Some(addr), Some(ops_app)) = (config.ops_listen, ops_app) {
@@ -168,7 +173,13 @@ pub async fn run(
     }
 
     let grace = config.shutdown_grace();
-    serve(listener, app, shutdown, shutdown_token, grace_ending, grace).await?;
+    match &config.tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, &tls.cert_file, &tls.key_file)?;
+            serve(listener, app, shutdown, shutdown_token, grace_ending, grace).await?;
+        }
+        None => serve(listener, app, shutdown, shutdown_token, grace_ending, grace).await?,
+    }
     kafka.flush(grace).await;
     if let Some(replies) = replies {
         replies.leave().await;
@@ -208,14 +219,18 @@ fn app_state(
 /// Serves `app` until `shutdown`, then lets in-flight requests finish
 /// within `grace`: new requests and streams see `stopping` cancelled at
 /// once, waiting request-mode calls see `grace_ending` just before the cut.
-async fn serve(
-    listener: TcpListener,
+async fn serve<L>(
+    listener: L,
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     stopping: tokio_util::sync::CancellationToken,
     grace_ending: tokio_util::sync::CancellationToken,
     grace: Duration,
-) -> Result<(), Error> {
+) -> Result<(), Error>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;

@@ -4,7 +4,8 @@
 //! scope); the verified caller reaches the worker and a spoofed one does
 //! not; a reply is read only by its caller, on any instance; a tenant's
 //! subscription sees only its records; keys rotate without a restart; the
-//! operational endpoints can leave the public port; CORS answers browsers.
+//! operational endpoints can leave the public port; CORS answers browsers;
+//! the gateway serves HTTPS itself when given a certificate.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -631,4 +632,85 @@ async fn operational_endpoints_leave_the_public_port_and_browsers_get_cors() {
         .unwrap()
         .to_ascii_lowercase();
     assert!(exposed.contains("location") && exposed.contains("osmosis-request-id"));
+}
+
+#[tokio::test]
+async fn the_gateway_serves_https_with_its_own_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("cert.pem"), path("key.pem"));
+    std::fs::write(
+        path("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    // A CA for the run, and a certificate for 127.0.0.1 that it signs.
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    openssl(&format!(
+        "req -x509 {ec} -days 1 -subj /CN=osmosis-test-ca -keyout {} -out {ca}",
+        path("ca.key")
+    ));
+    openssl(&format!(
+        "req {ec} -subj /CN=localhost -keyout {key} -out {}",
+        path("leaf.csr")
+    ));
+    openssl(&format!(
+        "x509 -req -days 1 -CAcreateserial -in {} -CA {ca} -CAkey {} -extfile {} -out {cert}",
+        path("leaf.csr"),
+        path("ca.key"),
+        path("leaf.ext"),
+    ));
+    let channel = kafka::create_topic("trust.tls", 1).await;
+    let gateway = Gateway::start(&format!(
+        "listen: 127.0.0.1:0\n\
+         kafka: {{ brokers: \"{brokers}\" }}\n\
+         tls: {{ cert_file: \"{cert}\", key_file: \"{key}\" }}\n\
+         channels: {{ {channel}: {{}} }}\n\
+         routes:\n  - {{ method: POST, path: /orders, channel: {channel} }}\n",
+        brokers = kafka::bootstrap(),
+    ));
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .https_only(true)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let response = https
+        .post(format!("https://{}/orders", gateway.addr))
+        .body("over TLS")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        response.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN offers h2"
+    );
+    let records = kafka::read_records(&channel, 1, Duration::from_secs(30));
+    assert_eq!(records[0].value, b"over TLS");
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let plain = client().get(gateway.url("/healthz")).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    // A client that stalls its handshake does not hold the others up.
+    let _stalled = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let response = https
+        .get(format!("https://{}/healthz", gateway.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// Runs `openssl` with whitespace-separated `args` (no spaces inside one).
+fn openssl(args: &str) {
+    let made = std::process::Command::new("openssl")
+        .args(args.split_whitespace())
+        .output()
+        .expect("openssl is installed (the Kafka TLS listener needs it too)");
+    assert!(
+        made.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 }

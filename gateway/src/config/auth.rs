@@ -102,6 +102,16 @@ pub struct AccessConfig {
     pub browser_token: bool,
 }
 
+/// TLS on the gateway's own listener, for setups without an ingress.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain in PEM, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key in PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
 /// Browser origins allowed to call a route or read a channel (CORS).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -39,6 +39,7 @@ fn env_overrides() -> Env {
         "ops_listen",
         "shutdown_grace_ms",
         "auth__",
+        "tls__",
         "kafka__",
         "channels__",
         "replies__",

@@ -18,7 +18,7 @@ mod error;
 mod load;
 mod validate;
 
-pub use auth::{AccessConfig, ApiKeysConfig, AuthConfig, CorsConfig, JwtConfig};
+pub use auth::{AccessConfig, ApiKeysConfig, AuthConfig, CorsConfig, JwtConfig, TlsConfig};
 pub use error::ConfigError;
 use error::invalid;
 
@@ -39,6 +39,10 @@ pub struct Config {
     /// set, the public listener no longer serves them.
     #[serde(default)]
     pub ops_listen: Option<SocketAddr>,
+    /// TLS on `listen` (not on `ops_listen`); none: plain HTTP, for a
+    /// gateway behind an ingress that terminates TLS.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// How callers authenticate; none: every route and channel is public.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
