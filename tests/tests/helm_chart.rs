@@ -557,9 +557,17 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         "osmosis-gateway",
         &config,
         &["--create-topics"],
-        &[("OSMOSIS_LISTEN", "127.0.0.1:0".into())],
+        &[
+            ("OSMOSIS_LISTEN", "127.0.0.1:0".into()),
+            ("OSMOSIS_OPS_LISTEN", "127.0.0.1:0".into()),
+        ],
     );
     let gateway_addr = gateway.wait_listening();
+    // The chart serves /metrics on the gateway's operational port.
+    let gateway_ops = gateway.wait_for_log("operational endpoints listening", WAIT)["addr"]
+        .as_str()
+        .expect("the operational listener's address")
+        .to_owned();
     let worker = Worker::start(
         "examples/slow",
         kafka::bootstrap(),
@@ -598,7 +606,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     .await;
 
     let prometheus = Prometheus::start(&[
-        ("gateway", gateway_addr.to_string()),
+        ("gateway", gateway_ops.clone()),
         ("worker", worker.metrics_addr.to_string()),
         ("autoscaler", controller_addr.clone()),
     ]);
@@ -657,7 +665,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     drop(subscription);
 
     for (component, addr) in [
-        ("gateway", gateway_addr.to_string()),
+        ("gateway", gateway_ops),
         ("worker", worker.metrics_addr.to_string()),
         ("autoscaler", controller_addr),
     ] {

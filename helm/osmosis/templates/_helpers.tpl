@@ -136,6 +136,17 @@ affinity:
 {{- with $g.sse -}}
 {{- $_ := set $config "sse" . -}}
 {{- end -}}
+{{- with $g.opsPort -}}
+{{- $_ := set $config "ops_listen" (printf "0.0.0.0:%v" .) -}}
+{{- end -}}
+{{- with $g.auth -}}
+{{- $_ := set $config "auth" . -}}
+{{- end -}}
 {{- $config = mustMergeOverwrite $config (deepCopy $g.extraConfig) -}}
 {{- toYaml $config -}}
+{{- end -}}
+
+{{/* The gateway port that serves /healthz, /readyz and /metrics. */}}
+{{- define "osmosis.gatewayOpsPort" -}}
+{{- ternary "ops" "http" (gt (int .Values.gateway.opsPort) 0) -}}
 {{- end -}}
