@@ -241,6 +241,28 @@ impl Gateway {
         Self { service, addr }
     }
 
+    /// A gateway in front of `channel` whose replies go to the topic
+    /// `replies` (created at start), serving `routes`: each the inside of a
+    /// route's YAML mapping without its channel, e.g.
+    /// `method: POST, path: /work, mode: request`.
+    pub fn for_channel(channel: &str, replies: &str, routes: &[&str]) -> Self {
+        let routes: String = routes
+            .iter()
+            .map(|route| format!("  - {{ {route}, channel: {channel} }}\n"))
+            .collect();
+        Self::start_with(
+            &format!(
+                "listen: 127.0.0.1:0\n\
+                 kafka: {{ brokers: \"{}\" }}\n\
+                 channels: {{ {channel}: {{}} }}\n\
+                 replies: {{ topic: {replies} }}\n\
+                 routes:\n{routes}",
+                crate::kafka::bootstrap()
+            ),
+            &["--create-topics"],
+        )
+    }
+
     /// `http://addr` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)

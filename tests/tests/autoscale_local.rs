@@ -18,16 +18,10 @@ async fn a_burst_scales_local_workers_up_and_idle_scales_them_down() {
     const BURST: usize = 80;
     let channel = kafka::create_topic("autoscale.local", 4).await;
     let replies = kafka::unique_name("autoscale.replies");
-    let gateway = Gateway::start_with(
-        &format!(
-            "listen: 127.0.0.1:0\n\
-             kafka: {{ brokers: \"{}\" }}\n\
-             channels: {{ {channel}: {{}} }}\n\
-             replies: {{ topic: {replies} }}\n\
-             routes:\n  - {{ method: POST, path: /work, channel: {channel}, mode: request }}\n",
-            kafka::bootstrap()
-        ),
-        &["--create-topics"],
+    let gateway = Gateway::for_channel(
+        &channel,
+        &replies,
+        &["method: POST, path: /work, mode: request"],
     );
     let slow = binary("examples/slow");
     let slow = slow.to_str().unwrap();

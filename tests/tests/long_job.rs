@@ -17,16 +17,10 @@ use serde_json::Value;
 async fn a_long_job_keeps_the_worker_healthy_but_slow_and_its_group_above_zero() {
     let channel = kafka::create_topic("longjob", 1).await;
     let replies = kafka::unique_name("longjob.replies");
-    let gateway = Gateway::start_with(
-        &format!(
-            "listen: 127.0.0.1:0\n\
-             kafka: {{ brokers: \"{}\" }}\n\
-             channels: {{ {channel}: {{}} }}\n\
-             replies: {{ topic: {replies} }}\n\
-             routes:\n  - {{ method: POST, path: /job, channel: {channel}, mode: request }}\n",
-            kafka::bootstrap()
-        ),
-        &["--create-topics"],
+    let gateway = Gateway::for_channel(
+        &channel,
+        &replies,
+        &["method: POST, path: /job, mode: request"],
     );
     let slow = binary("examples/slow");
     let autoscaler = Service::spawn(

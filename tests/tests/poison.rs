@@ -26,16 +26,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// `channel`; returns it with its reply topic.
 fn gateway_for(channel: &str) -> (Gateway, String) {
     let replies = kafka::unique_name("poison.replies");
-    let gateway = Gateway::start_with(
-        &format!(
-            "listen: 127.0.0.1:0\n\
-             kafka: {{ brokers: \"{}\" }}\n\
-             channels: {{ {channel}: {{}} }}\n\
-             replies: {{ topic: {replies} }}\n\
-             routes:\n  - {{ method: POST, path: /work, channel: {channel}, mode: request, timeout_ms: 60000 }}\n  - {{ method: GET, path: \"/bridge/{{*rest}}\", channel: {channel}, mode: request, timeout_ms: 60000 }}\n",
-            kafka::bootstrap()
-        ),
-        &["--create-topics"],
+    let gateway = Gateway::for_channel(
+        channel,
+        &replies,
+        &[
+            "method: POST, path: /work, mode: request, timeout_ms: 60000",
+            "method: GET, path: \"/bridge/{*rest}\", mode: request, timeout_ms: 60000",
+        ],
     );
     (gateway, replies)
 }

@@ -59,6 +59,12 @@ impl Keys {
         self.dir.path().join("jwks.json").display().to_string()
     }
 
+    /// The gateway configuration with the keys from the JWKS file.
+    fn config(&self, channels: &str, routes: &str, extra: &str) -> String {
+        let source = format!("jwks_file: \"{}\"", self.jwks_path());
+        config(self, &source, channels, routes, extra)
+    }
+
     fn api_keys_path(&self) -> String {
         self.dir.path().join("api-keys.yaml").display().to_string()
     }
@@ -166,13 +172,7 @@ async fn every_policy_answers_as_rfc_6750_says() {
          \x20 - {{ name: orders, method: POST, path: /orders, channel: {channel}, access: {{ scopes: [orders:write] }} }}\n\
          \x20 - {{ name: acme, method: POST, path: /acme, channel: {channel}, access: {{ claims: {{ tenant: acme }} }} }}\n"
     );
-    let gateway = Gateway::start(&config(
-        &keys,
-        &format!("jwks_file: \"{}\"", keys.jwks_path()),
-        &format!("  {channel}: {{}}\n"),
-        &routes,
-        "",
-    ));
+    let gateway = Gateway::start(&keys.config(&format!("  {channel}: {{}}\n"), &routes, ""));
     let http = client();
     let post = |path: &str| http.post(gateway.url(path)).body("payload");
     let bearer = |token: &str| format!("Bearer {token}");
@@ -295,13 +295,7 @@ async fn the_verified_caller_reaches_the_worker_and_a_spoofed_one_does_not() {
         "  - {{ name: open, method: POST, path: /open, channel: {channel}, access: {{ public: true }} }}\n\
          \x20 - {{ name: orders, method: POST, path: /orders, channel: {channel}, access: {{ scopes: [orders:write] }} }}\n"
     );
-    let gateway = Gateway::start(&config(
-        &keys,
-        &format!("jwks_file: \"{}\"", keys.jwks_path()),
-        &format!("  {channel}: {{}}\n"),
-        &routes,
-        "",
-    ));
+    let gateway = Gateway::start(&keys.config(&format!("  {channel}: {{}}\n"), &routes, ""));
     let http = client();
     let token = keys.token("alice", "orders:write orders:read", json!({}));
     for (path, auth) in [("/orders", Some(token.as_str())), ("/open", None)] {
@@ -338,9 +332,7 @@ async fn a_reply_is_read_only_by_its_caller_on_any_instance() {
     let keys = Keys::new();
     let channel = kafka::create_topic("trust.replies", 1).await;
     let replies = kafka::unique_name("trust.replies.out");
-    let yaml = config(
-        &keys,
-        &format!("jwks_file: \"{}\"", keys.jwks_path()),
+    let yaml = keys.config(
         &format!("  {channel}: {{}}\n"),
         &format!(
             "  - {{ name: ask, method: POST, path: /ask, channel: {channel}, mode: request, timeout_ms: 20000 }}\n"
@@ -437,9 +429,7 @@ async fn a_reply_is_read_only_by_its_caller_on_any_instance() {
 async fn a_tenants_subscription_sees_only_its_own_records() {
     let keys = Keys::new();
     let channel = kafka::create_topic("trust.tenants", 2).await;
-    let gateway = Gateway::start(&config(
-        &keys,
-        &format!("jwks_file: \"{}\"", keys.jwks_path()),
+    let gateway = Gateway::start(&keys.config(
         &format!(
             "  {channel}: {{ subscribable: true, access: {{ key_claim: tenant, browser_token: true }} }}\n"
         ),
@@ -557,9 +547,7 @@ async fn keys_rotate_without_a_restart() {
 async fn operational_endpoints_leave_the_public_port_and_browsers_get_cors() {
     let keys = Keys::new();
     let channel = kafka::create_topic("trust.ops", 1).await;
-    let gateway = Gateway::start(&config(
-        &keys,
-        &format!("jwks_file: \"{}\"", keys.jwks_path()),
+    let gateway = Gateway::start(&keys.config(
         &format!("  {channel}: {{}}\n"),
         &format!(
             "  - {{ method: POST, path: /orders, channel: {channel}, access: {{ public: true }}, cors: {{ origins: [\"https://app.example.com\"], credentials: true }} }}\n"

@@ -33,16 +33,10 @@ struct Setup {
 async fn setup(prefix: &str) -> Setup {
     let channel = kafka::create_topic(prefix, 4).await;
     let replies = kafka::unique_name(&format!("{prefix}.replies"));
-    let gateway = Gateway::start_with(
-        &format!(
-            "listen: 127.0.0.1:0\n\
-             kafka: {{ brokers: \"{}\" }}\n\
-             channels: {{ {channel}: {{}} }}\n\
-             replies: {{ topic: {replies} }}\n\
-             routes:\n  - {{ method: POST, path: /echo, channel: {channel}, mode: request, key: {{ header: x-key }} }}\n",
-            kafka::bootstrap()
-        ),
-        &["--create-topics"],
+    let gateway = Gateway::for_channel(
+        &channel,
+        &replies,
+        &["method: POST, path: /echo, mode: request, key: { header: x-key }"],
     );
     Setup {
         gateway,
