@@ -24,30 +24,31 @@ if ! command -v wrk >/dev/null; then
 fi
 
 cargo build --release --workspace --bins --examples
+bin="${CARGO_TARGET_DIR:-target}/release"
 scripts/kafka.sh up
 # Benchmarks print the broker's version in their headers.
 export KAFKA_VERSION=${KAFKA_VERSION:-$(sed -n 's/^KAFKA_VERSION=${KAFKA_VERSION:-\(.*\)}$/\1/p' scripts/kafka.sh)}
 if [ $# -eq 0 ]; then
-  target/release/osmosis-bench autoscale
+  "$bin"/osmosis-bench autoscale
   echo
-  target/release/osmosis-bench reaction --brokers "127.0.0.1:$KAFKA_PORT"
+  "$bin"/osmosis-bench reaction --brokers "127.0.0.1:$KAFKA_PORT"
   echo
-  target/release/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT"
+  "$bin"/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT"
   echo
-  target/release/osmosis-bench reply --brokers "127.0.0.1:$KAFKA_PORT"
+  "$bin"/osmosis-bench reply --brokers "127.0.0.1:$KAFKA_PORT"
   echo
-  target/release/osmosis-bench fleet --brokers "127.0.0.1:$KAFKA_PORT"
+  "$bin"/osmosis-bench fleet --brokers "127.0.0.1:$KAFKA_PORT"
   echo
-  target/release/osmosis-bench auth --brokers "127.0.0.1:$KAFKA_PORT"
+  "$bin"/osmosis-bench auth --brokers "127.0.0.1:$KAFKA_PORT"
   echo
   # One gateway per protocol, so that neither run's memory colours the other's.
-  target/release/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1
+  "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1
   echo
-  target/release/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h2
+  "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h2
 elif [ "$1" = autoscale ]; then
-  target/release/osmosis-bench "$@"
+  "$bin"/osmosis-bench "$@"
 else
   bench=$1
   shift
-  target/release/osmosis-bench "$bench" --brokers "127.0.0.1:$KAFKA_PORT" "$@"
+  "$bin"/osmosis-bench "$bench" --brokers "127.0.0.1:$KAFKA_PORT" "$@"
 fi
