@@ -23,6 +23,9 @@
 //! - [`sse`]: Server-Sent Event streams of requests and channels.
 //! - [`subscriptions`]: live feeds of subscribable channels (one consumer
 //!   per topic, fanned out in memory) and catch-up reads for resumes.
+//! - [`limits`]: the bounds on what clients control (rates, connections,
+//!   waiting requests, load shedding); [`listen`]: the public listener
+//!   (connection caps, header-read and idle timeouts, graceful drain).
 //! - [`problem`]: every client-visible error as `application/problem+json`.
 //! - [`metrics`]: the Prometheus metrics.
 //!
@@ -32,6 +35,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod problem;
 pub mod replies;
@@ -54,7 +59,9 @@ use osmosis_support::kafka::{ClientRole, ConnectError, check_connection};
 use rdkafka::error::KafkaError;
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::config::Config;
+use crate::config::{Config, ConnectionLimits};
+use crate::limits::Limits;
+use crate::limits::connections::ConnectionGate;
 use crate::metrics::Metrics;
 use crate::replies::{RepliesError, ReplyHub};
 use crate::server::AppState;
@@ -132,6 +139,7 @@ pub async fn run(
             ReplyHub::start(
                 &config.kafka,
                 &config.replies,
+                &config.limits.lookups,
                 Arc::clone(&writer),
                 &metrics,
             )
@@ -141,6 +149,7 @@ pub async fn run(
         None
     };
 
+    let connections = ConnectionGate::new(&config.limits.connections, Arc::clone(&metrics));
     let mut state = app_state(&config, writer, metrics, replies.clone());
     if let Some(auth) = &config.auth {
         state.auth = Some(Authenticator::start(auth).await?);
@@ -167,7 +176,20 @@ pub async fn run(
     }
 
     let grace = config.shutdown_grace();
-    serve(listener, app, shutdown, shutdown_token, grace_ending, grace).await?;
+    let listening = Listening {
+        listener,
+        connections,
+        limits: config.limits.connections.clone(),
+    };
+    serve(
+        listening,
+        app,
+        shutdown,
+        shutdown_token,
+        grace_ending,
+        grace,
+    )
+    .await?;
     kafka.flush(grace).await;
     if let Some(replies) = replies {
         replies.leave().await;
@@ -185,7 +207,8 @@ fn app_state(
 ) -> AppState {
     let retry_after =
         Duration::from_millis(config.kafka.produce_timeout_ms).max(Duration::from_secs(1));
-    let mut state = AppState::new(writer, metrics, retry_after, &config.sse);
+    let mut state = AppState::new(writer, Arc::clone(&metrics), retry_after, &config.sse);
+    state.limits = Arc::new(Limits::new(&config.limits, Arc::clone(&metrics)));
     state.replies = replies;
     state.subscribable = Arc::new(
         config
@@ -196,19 +219,26 @@ fn app_state(
             .collect(),
     );
     if !state.subscribable.is_empty() {
-        state.subscriptions = Some(Arc::new(Subscriptions::new(
-            &config.kafka,
-            config.sse.subscriber_buffer,
-        )));
+        state.subscriptions = Some(Arc::new(
+            Subscriptions::new(&config.kafka, config.sse.subscriber_buffer)
+                .with_catch_up_limits(&config.limits.catch_ups, metrics),
+        ));
     }
     state
+}
+
+/// The public listener and the bounds of its connections.
+struct Listening {
+    listener: TcpListener,
+    connections: Arc<ConnectionGate>,
+    limits: ConnectionLimits,
 }
 
 /// Serves `app` until `shutdown`, then lets in-flight requests finish
 /// within `grace`: new requests and streams see `stopping` cancelled at
 /// once, waiting request-mode calls see `grace_ending` just before the cut.
 async fn serve(
-    listener: TcpListener,
+    listening: Listening,
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     stopping: tokio_util::sync::CancellationToken,
@@ -222,7 +252,12 @@ async fn serve(
         stopping.cancel();
         let _ = stopping_tx.send(());
     };
-    let served = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let Listening {
+        listener,
+        connections,
+        limits,
+    } = listening;
+    let served = listen::serve(listener, app, connections, &limits, signal);
     let drain_deadline = async move {
         if stopping_rx.await.is_ok() {
             // Requests still waiting for a reply answer 202 + Location a

@@ -14,6 +14,11 @@ impl Config {
         self.validate_channels()?;
         self.validate_replies()?;
         self.validate_trust()?;
+        let named = |error: super::limits::Invalid| invalid(error.field, error.reason);
+        self.limits.validate().map_err(named)?;
+        if let Some(idempotency) = &self.idempotency {
+            idempotency.validate().map_err(named)?;
+        }
         if self.sse.max_connections == 0 || self.sse.subscriber_buffer == 0 {
             return Err(invalid(
                 "sse",

@@ -71,6 +71,11 @@ pub fn apps(config: &Config, state: AppState) -> (Router, Option<Router>) {
             None
         }
     };
+    // Rate limits on the public routes (probes and scrapes are exempt).
+    public = public.layer(middleware::from_fn_with_state(
+        Arc::clone(&state.limits.rate),
+        crate::limits::rate::enforce,
+    ));
     (with_fallbacks(public, &state), ops)
 }
 

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::policy;
 use crate::auth::{Authenticator, BrowserToken, Identity};
-use crate::config::{AccessConfig, SseConfig};
+use crate::config::{AccessConfig, LimitsConfig, SseConfig};
+use crate::limits::Limits;
 use crate::metrics::{ChannelLabels, Metrics};
 use crate::problem::Problem;
 use crate::replies::{Owner, ReplyHub};
@@ -48,6 +49,8 @@ pub struct AppState {
     pub auth: Option<Arc<Authenticator>>,
     /// Settings and shared state of event streams.
     pub streams: StreamContext,
+    /// Bounds on what clients control (rates, waiting requests, shedding).
+    pub limits: Arc<Limits>,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
         sse: &SseConfig,
     ) -> Self {
         let shutdown = CancellationToken::new();
+        let limits = Arc::new(Limits::new(&LimitsConfig::default(), Arc::clone(&metrics)));
         Self {
             writer,
             streams: StreamContext::new(sse, shutdown.clone(), Arc::clone(&metrics)),
@@ -69,6 +73,7 @@ impl AppState {
             subscriptions: None,
             subscribable: Arc::default(),
             auth: None,
+            limits,
         }
     }
 
@@ -139,6 +144,8 @@ impl AppState {
         id: RequestId,
         record: OutboundRecord,
     ) -> Result<Stored, Problem> {
+        self.limits
+            .shed(self.writer.queue_depth(), self.retry_after)?;
         let started = Instant::now();
         let outcome = self.writer.write(record).await;
         self.metrics
