@@ -26,6 +26,7 @@
 //! - [`limits`]: the bounds on what clients control (rates, connections,
 //!   waiting requests, load shedding); [`listen`]: the public listener
 //!   (connection caps, header-read and idle timeouts, graceful drain).
+//! - [`idempotency`]: `Idempotency-Key`s, indexed in Kafka for every instance.
 //! - [`problem`]: every client-visible error as `application/problem+json`.
 //! - [`metrics`]: the Prometheus metrics.
 //!
@@ -35,6 +36,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod idempotency;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
@@ -60,6 +62,7 @@ use rdkafka::error::KafkaError;
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{Config, ConnectionLimits};
+use crate::idempotency::Idempotency;
 use crate::limits::Limits;
 use crate::limits::connections::ConnectionGate;
 use crate::metrics::Metrics;
@@ -88,6 +91,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the idempotency index: {0}")]
+    Idempotency(#[source] KafkaError),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -150,7 +155,16 @@ pub async fn run(
     };
 
     let connections = ConnectionGate::new(&config.limits.connections, Arc::clone(&metrics));
+    let idempotency = match &config.idempotency {
+        Some(settings) => Some(
+            Idempotency::start(settings, &config.kafka, Arc::clone(&writer))
+                .await
+                .map_err(Error::Idempotency)?,
+        ),
+        None => None,
+    };
     let mut state = app_state(&config, writer, metrics, replies.clone());
+    state.idempotency = idempotency;
     if let Some(auth) = &config.auth {
         state.auth = Some(Authenticator::start(auth).await?);
     }
