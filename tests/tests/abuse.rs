@@ -1,9 +1,9 @@
 //! Abusive clients against one gateway: slow headers, too many
 //! connections, oversized and malformed headers and query values, many
 //! catch-ups at once, rates over their bucket, and fuzzed methods and
-//! paths. Every bound answers as documented (problem+json, 429, 431, 503
-//! + Retry-After, or a closed connection), and each test ends with the
-//! gateway serving normally, its RSS and thread count within bounds.
+//! paths. Every bound answers as documented (problem+json, 429, 431,
+//! 503 with Retry-After, or a closed connection), and each test ends with
+//! the gateway serving normally, its RSS and thread count within bounds.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -154,7 +154,7 @@ async fn abusive_connections_and_inputs_are_bounded_and_the_gateway_keeps_servin
     let gateway = gateway(
         &channel,
         "{ connections: { per_client: 48, header_read_timeout_ms: 1000, idle_timeout_ms: 3000 }, \
-           catch_ups: { max: 3, send_timeout_ms: 2000 } }",
+           catch_ups: { max: 3, send_timeout_ms: 30000 } }",
     );
     let http = reqwest::Client::new();
     for i in 0..50 {
@@ -309,7 +309,7 @@ async fn abusive_connections_and_inputs_are_bounded_and_the_gateway_keeps_servin
             other => panic!("{other}"),
         }
     }
-    assert!(refused >= 5, "{refused} refused");
+    assert_eq!(refused, 5, "three catch-ups at once");
     assert!(
         gateway
             .metric("osmosis_gateway_limited_total{limit=\"catch_ups\"}")
