@@ -38,6 +38,8 @@ if [ $# -eq 0 ]; then
   echo
   target/release/osmosis-bench fleet --brokers "127.0.0.1:$KAFKA_PORT"
   echo
+  target/release/osmosis-bench abuse --brokers "127.0.0.1:$KAFKA_PORT"
+  echo
   # One gateway per protocol, so that neither run's memory colours the other's.
   target/release/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1
   echo

@@ -12,7 +12,10 @@
 //!   Kafka's own round trip with plain clients, at the same rates.
 //! - `fleet`: request-reply latency through a gateway fleet while a member
 //!   joins and while one leaves, against the steady state, in one run.
+//! - `abuse`: publish latency and the gateway's RSS with and without
+//!   abusive clients (slow subscribers, catch-ups that never read).
 
+mod abuse;
 mod autoscale;
 mod fanout;
 mod fleet;
@@ -44,6 +47,8 @@ enum Bench {
     Reply(reply::ReplyArgs),
     /// Request-reply latency through a gateway fleet during membership changes.
     Fleet(fleet::FleetArgs),
+    /// Publish latency and RSS with and without abusive clients.
+    Abuse(abuse::AbuseArgs),
 }
 
 #[tokio::main]
@@ -55,5 +60,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Reaction(args) => reaction::run(args).await,
         Bench::Reply(args) => reply::run(args).await,
         Bench::Fleet(args) => fleet::run(args).await,
+        Bench::Abuse(args) => abuse::run(args).await,
     }
 }
