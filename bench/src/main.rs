@@ -14,7 +14,10 @@
 //!   joins and while one leaves, against the steady state, in one run.
 //! - `auth`: publish throughput and latency with JWT verification off and
 //!   on, side by side.
+//! - `abuse`: publish latency and the gateway's RSS with and without
+//!   abusive clients (slow subscribers, catch-ups that never read).
 
+mod abuse;
 mod auth;
 mod autoscale;
 mod fanout;
@@ -49,6 +52,8 @@ enum Bench {
     Fleet(fleet::FleetArgs),
     /// Publish with JWT verification off and on, side by side.
     Auth(auth::AuthArgs),
+    /// Publish latency and RSS with and without abusive clients.
+    Abuse(abuse::AbuseArgs),
 }
 
 #[tokio::main]
@@ -61,5 +66,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Reply(args) => reply::run(args).await,
         Bench::Fleet(args) => fleet::run(args).await,
         Bench::Auth(args) => auth::run(args).await,
+        Bench::Abuse(args) => abuse::run(args).await,
     }
 }

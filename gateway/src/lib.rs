@@ -23,6 +23,10 @@
 //! - [`sse`]: Server-Sent Event streams of requests and channels.
 //! - [`subscriptions`]: live feeds of subscribable channels (one consumer
 //!   per topic, fanned out in memory) and catch-up reads for resumes.
+//! - [`limits`]: the bounds on what clients control (rates, connections,
+//!   waiting requests, load shedding); [`listen`]: the public listener
+//!   (connection caps, header-read and idle timeouts, graceful drain).
+//! - [`idempotency`]: `Idempotency-Key`s, indexed in Kafka for every instance.
 //! - [`problem`]: every client-visible error as `application/problem+json`.
 //! - [`metrics`]: the Prometheus metrics.
 //!
@@ -32,6 +36,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod idempotency;
+pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod problem;
 pub mod replies;
@@ -55,7 +62,10 @@ use osmosis_support::kafka::{ClientRole, ConnectError, check_connection};
 use rdkafka::error::KafkaError;
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::config::Config;
+use crate::config::{Config, ConnectionLimits};
+use crate::idempotency::Idempotency;
+use crate::limits::Limits;
+use crate::limits::connections::ConnectionGate;
 use crate::metrics::Metrics;
 use crate::replies::{RepliesError, ReplyHub};
 use crate::server::AppState;
@@ -84,6 +94,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the idempotency index: {0}")]
+    Idempotency(#[source] KafkaError),
     #[error("the HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -135,6 +147,7 @@ pub async fn run(
             ReplyHub::start(
                 &config.kafka,
                 &config.replies,
+                &config.limits.lookups,
                 Arc::clone(&writer),
                 &metrics,
             )
@@ -144,7 +157,17 @@ pub async fn run(
         None
     };
 
+    let connections = ConnectionGate::new(&config.limits.connections, Arc::clone(&metrics));
+    let idempotency = match &config.idempotency {
+        Some(settings) => Some(
+            Idempotency::start(settings, &config.kafka, Arc::clone(&writer))
+                .await
+                .map_err(Error::Idempotency)?,
+        ),
+        None => None,
+    };
     let mut state = app_state(&config, writer, metrics, replies.clone());
+    state.idempotency = idempotency;
     if let Some(auth) = &config.auth {
         state.auth = Some(Authenticator::start(auth).await?);
     }
@@ -173,13 +196,25 @@ pub async fn run(
     }
 
     let grace = config.shutdown_grace();
-    match &config.tls {
-        Some(tls) => {
-            let listener = tls::TlsListener::new(listener, &tls.cert_file, &tls.key_file)?;
-            serve(listener, app, shutdown, shutdown_token, grace_ending, grace).await?;
-        }
-        None => serve(listener, app, shutdown, shutdown_token, grace_ending, grace).await?,
-    }
+    let tls = match &config.tls {
+        Some(tls) => Some(tls::acceptor(&tls.cert_file, &tls.key_file)?),
+        None => None,
+    };
+    let listening = Listening {
+        listener,
+        connections,
+        limits: config.limits.connections.clone(),
+        tls,
+    };
+    serve(
+        listening,
+        app,
+        shutdown,
+        shutdown_token,
+        grace_ending,
+        grace,
+    )
+    .await?;
     kafka.flush(grace).await;
     if let Some(replies) = replies {
         replies.leave().await;
@@ -197,7 +232,8 @@ fn app_state(
 ) -> AppState {
     let retry_after =
         Duration::from_millis(config.kafka.produce_timeout_ms).max(Duration::from_secs(1));
-    let mut state = AppState::new(writer, metrics, retry_after, &config.sse);
+    let mut state = AppState::new(writer, Arc::clone(&metrics), retry_after, &config.sse);
+    state.limits = Arc::new(Limits::new(&config.limits, Arc::clone(&metrics)));
     state.replies = replies;
     state.subscribable = Arc::new(
         config
@@ -208,29 +244,34 @@ fn app_state(
             .collect(),
     );
     if !state.subscribable.is_empty() {
-        state.subscriptions = Some(Arc::new(Subscriptions::new(
-            &config.kafka,
-            config.sse.subscriber_buffer,
-        )));
+        state.subscriptions = Some(Arc::new(
+            Subscriptions::new(&config.kafka, config.sse.subscriber_buffer)
+                .with_catch_up_limits(&config.limits.catch_ups, metrics),
+        ));
     }
     state
+}
+
+/// The public listener and the bounds of its connections.
+struct Listening {
+    listener: TcpListener,
+    connections: Arc<ConnectionGate>,
+    limits: ConnectionLimits,
+    /// TLS on the listener, when configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Serves `app` until `shutdown`, then lets in-flight requests finish
 /// within `grace`: new requests and streams see `stopping` cancelled at
 /// once, waiting request-mode calls see `grace_ending` just before the cut.
-async fn serve<L>(
-    listener: L,
+async fn serve(
+    listening: Listening,
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     stopping: tokio_util::sync::CancellationToken,
     grace_ending: tokio_util::sync::CancellationToken,
     grace: Duration,
-) -> Result<(), Error>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
+) -> Result<(), Error> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -238,7 +279,13 @@ where
         stopping.cancel();
         let _ = stopping_tx.send(());
     };
-    let served = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let Listening {
+        listener,
+        connections,
+        limits,
+        tls,
+    } = listening;
+    let served = listen::serve(listener, app, connections, &limits, tls, signal);
     let drain_deadline = async move {
         if stopping_rx.await.is_ok() {
             // Requests still waiting for a reply answer 202 + Location a

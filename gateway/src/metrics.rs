@@ -35,6 +35,68 @@ pub struct StreamLabels {
     pub kind: String,
 }
 
+/// Labels of a bound that bit: which one, from [`Limit`]'s closed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+/// The bounds on what clients control, as the `limit` label of
+/// `osmosis_gateway_limited`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// A client address over its request rate (429).
+    RateClient,
+    /// A route over its request rate (429).
+    RateRoute,
+    /// The total connection cap (503, closed).
+    Connections,
+    /// A client address over its connection cap (503, closed).
+    ConnectionsClient,
+    /// A connection idle (no byte either way) past its timeout, closed.
+    Idle,
+    /// Too many catch-ups at once (503).
+    CatchUps,
+    /// A catch-up whose subscriber did not take an event in time.
+    CatchUpStalled,
+    /// Too many request-mode calls waiting (503).
+    Waiting,
+    /// The producer queue above the shedding threshold (503).
+    Shed,
+    /// Too many lookups at once (503).
+    Lookups,
+    /// A lookup that did not finish within its bound (503).
+    LookupIncomplete,
+}
+
+impl Limit {
+    pub fn label(self) -> LimitLabels {
+        LimitLabels {
+            limit: match self {
+                Limit::RateClient => "rate_client",
+                Limit::RateRoute => "rate_route",
+                Limit::Connections => "connections",
+                Limit::ConnectionsClient => "connections_client",
+                Limit::Idle => "idle",
+                Limit::CatchUps => "catch_ups",
+                Limit::CatchUpStalled => "catch_up_stalled",
+                Limit::Waiting => "waiting",
+                Limit::Shed => "shed",
+                Limit::Lookups => "lookups",
+                Limit::LookupIncomplete => "lookup_incomplete",
+            },
+        }
+    }
+}
+
+/// Labels of an `Idempotency-Key` outcome: `new`, `replayed`, `conflict`
+/// (in flight), `mismatch` (another body), `resolved` (a write that may
+/// have landed, looked up in the channel).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdempotencyLabels {
+    pub outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.25 ms .. ~8 s: produce acks are sub-millisecond on loopback and
     // seconds when a broker is failing over.
@@ -62,6 +124,9 @@ pub struct Metrics {
     pub reply_partitions_owned: Gauge,
     pub requests_waiting: Gauge,
     pub reply_rebalances: Counter,
+    pub limited: Family<LimitLabels, Counter>,
+    pub connections_open: Gauge,
+    pub idempotency: Family<IdempotencyLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -128,12 +193,32 @@ impl Default for Metrics {
                 "Changes of this gateway's reply partitions (assigned or revoked)",
                 Counter::default(),
             ),
+            limited: registry.add(
+                "limited",
+                "Requests and connections refused or cut by a bound on what clients control, by limit",
+                Family::default(),
+            ),
+            connections_open: registry.add(
+                "connections_open",
+                "Client connections open on the public listener",
+                Gauge::default(),
+            ),
+            idempotency: registry.add(
+                "idempotency_keys",
+                "Calls with an Idempotency-Key, by outcome (new, replayed, conflict, mismatch, resolved)",
+                Family::default(),
+            ),
             registry,
         }
     }
 }
 
 impl Metrics {
+    /// Counts a bound that bit.
+    pub fn limited(&self, limit: Limit) {
+        self.limited.get_or_create(&limit.label()).inc();
+    }
+
     /// The registry in Prometheus text exposition format.
     pub fn render(&self) -> String {
         render(&self.registry)

@@ -37,6 +37,19 @@ pub enum Problem {
     },
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// A rate limit: 429 with `Retry-After` (the `RateLimit-*` headers are
+    /// added by [`crate::limits::rate`]).
+    #[error("{reason}")]
+    TooManyRequests {
+        reason: String,
+        retry_after: Duration,
+    },
+    /// The same `Idempotency-Key` is still being served: 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The same `Idempotency-Key` with another request: 422.
+    #[error("{0}")]
+    Unprocessable(String),
     /// No valid credential: 401 with `WWW-Authenticate: Bearer`.
     #[error(transparent)]
     Unauthorized(AuthError),
@@ -85,6 +98,9 @@ impl Problem {
             Problem::Unavailable { .. } | Problem::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Problem::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Problem::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Problem::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Problem::Conflict(_) => StatusCode::CONFLICT,
+            Problem::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -108,10 +124,11 @@ impl Problem {
         }
     }
 
-    /// Seconds a client should wait before retrying, for 503s.
+    /// Seconds a client should wait before retrying, for 503s and 429s.
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Problem::Unavailable { retry_after, .. } => Some(*retry_after),
+            Problem::Unavailable { retry_after, .. }
+            | Problem::TooManyRequests { retry_after, .. } => Some(*retry_after),
             Problem::ShuttingDown => Some(Duration::from_secs(1)),
             _ => None,
         }
@@ -145,7 +162,7 @@ impl IntoResponse for Problem {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         if let Some(wait) = self.retry_after() {
-            let secs = wait.as_secs().max(1);
+            let secs = (wait.as_millis().div_ceil(1000) as u64).max(1);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response

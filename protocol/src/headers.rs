@@ -31,6 +31,10 @@ pub const DEADLINE: &str = "osmosis-deadline";
 pub const SUBJECT: &str = "osmosis-subject";
 /// The caller's verified scopes, space separated (as OAuth writes them).
 pub const SCOPES: &str = "osmosis-scopes";
+/// The client's `Idempotency-Key`, when it sent one: the gateway wrote the
+/// request once for every retry with that key (within its window), so a
+/// worker may use it to deduplicate its own side effects further.
+pub const IDEMPOTENCY_KEY: &str = "osmosis-idempotency-key";
 
 /// Reply records: what the event is, see [`crate::EventKind`].
 pub const EVENT: &str = "osmosis-event";
@@ -86,6 +90,7 @@ mod tests {
             SUBJECT,
             SCOPES,
             TRUNCATED,
+            IDEMPOTENCY_KEY,
             EVENT,
             STATUS,
             ERROR,

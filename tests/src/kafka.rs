@@ -280,6 +280,28 @@ impl DedicatedKafka {
         self.script("down");
     }
 
+    /// Freezes the broker process (SIGSTOP): its sockets stay open and
+    /// nothing answers, as with a broker stuck in a long GC pause.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid_file = self.state_dir.path().join("kafka.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .expect("the broker's pid file")
+            .trim()
+            .parse()
+            .expect("a pid");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .expect("signalling the broker");
+    }
+
     fn script(&self, verb: &str) {
         let status = Command::new(script_path())
             .arg(verb)

@@ -44,6 +44,8 @@ fn env_overrides() -> Env {
         "channels__",
         "replies__",
         "sse__",
+        "limits__",
+        "idempotency__",
     ];
     Env::prefixed(ENV_PREFIX)
         .filter(|key| {

@@ -15,12 +15,17 @@ use serde::Deserialize;
 
 mod auth;
 mod error;
+mod limits;
 mod load;
 mod validate;
 
 pub use auth::{AccessConfig, ApiKeysConfig, AuthConfig, CorsConfig, JwtConfig, TlsConfig};
 pub use error::ConfigError;
 use error::invalid;
+pub use limits::{
+    CatchUpLimits, ConnectionLimits, IdempotencyConfig, LimitsConfig, LookupLimits, RateLimits,
+    TokenBucket,
+};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "OSMOSIS_";
@@ -66,6 +71,13 @@ pub struct Config {
     /// Longest time a graceful shutdown waits for in-flight requests.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Bounds on what clients control: connections, rates, catch-ups,
+    /// waiting requests, producer queue, lookups.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// `Idempotency-Key` on configured routes; none: the header is ignored.
+    #[serde(default)]
+    pub idempotency: Option<IdempotencyConfig>,
 }
 
 /// Connection to Kafka and producer behaviour.
@@ -379,6 +391,19 @@ impl Config {
                     partitions: self.replies.partitions,
                     replication_factor: self.replies.replication_factor,
                     min_insync_replicas: self.replies.min_insync_replicas,
+                    subscribable: false,
+                    access: AccessConfig::default(),
+                    cors: None,
+                },
+            );
+        }
+        if let Some(idempotency) = &self.idempotency {
+            topics.insert(
+                idempotency.topic.clone(),
+                ChannelConfig {
+                    partitions: idempotency.partitions,
+                    replication_factor: idempotency.replication_factor,
+                    min_insync_replicas: None,
                     subscribable: false,
                     access: AccessConfig::default(),
                     cors: None,

@@ -14,6 +14,35 @@ impl Config {
         self.validate_channels()?;
         self.validate_replies()?;
         self.validate_trust()?;
+        let named = |error: super::limits::Invalid| invalid(error.field, error.reason);
+        self.limits.validate().map_err(named)?;
+        if let Some(idempotency) = &self.idempotency {
+            idempotency.validate().map_err(named)?;
+        }
+        // A connection on which no byte moves for the idle timeout is
+        // closed: a request-mode wait and an idle event stream must move
+        // bytes (an answer, a keep-alive comment) before that.
+        let idle = self.limits.connections.idle_timeout_ms;
+        if self.sse.keep_alive_ms >= idle {
+            return Err(invalid(
+                "limits.connections.idle_timeout_ms",
+                format!("must exceed sse.keep_alive_ms ({})", self.sse.keep_alive_ms),
+            ));
+        }
+        if let Some((i, route)) = self
+            .routes
+            .iter()
+            .enumerate()
+            .find(|(_, route)| route.mode == Mode::Request && route.max_wait_ms >= idle)
+        {
+            return Err(invalid(
+                format!("routes[{i}].max_wait_ms"),
+                format!(
+                    "{} is not below limits.connections.idle_timeout_ms ({idle}): the wait would be cut",
+                    route.max_wait_ms
+                ),
+            ));
+        }
         if self.sse.max_connections == 0 || self.sse.subscriber_buffer == 0 {
             return Err(invalid(
                 "sse",

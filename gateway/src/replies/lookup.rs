@@ -1,9 +1,20 @@
 //! Finding any request's events in Kafka, from any instance: the id names
 //! its reply partition and its creation time, so Kafka's time index gives
 //! where to start, and a bounded scan from there finds the events.
+//!
+//! Bounded: at most `limits.lookups.max_concurrent` scans at once (a call
+//! waits `queue_ms` for its turn), each reading at most
+//! `replies.lookup_max_records` records for at most `max_ms`. A scan that
+//! stops before the partition's end without the final reply is
+//! [`LookupError::Incomplete`] — the caller answers 503 + Retry-After,
+//! never a 404 or a "pending" it cannot know.
 
 use std::sync::{Arc, Mutex, OnceLock};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use osmosis_protocol::clock::unix_ms;
 use osmosis_protocol::{EventKind, RequestId};
@@ -14,6 +25,19 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::event::{Owner, ReplyEvent};
+use crate::config::LookupLimits;
+use crate::metrics::{Limit, LimitLabels};
+
+/// Why a lookup has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("too many lookups are in progress")]
+    Busy,
+    #[error("the lookup stopped at its bound before the end of the reply partition")]
+    Incomplete,
+}
 
 /// What is known about a request id, and who may read it.
 #[derive(Debug)]
@@ -30,9 +54,16 @@ pub enum Lookup {
 pub struct ReplyLog {
     topic: String,
     client_config: ClientConfig,
-    /// The scanning client, created on first use; a scan holds it for
-    /// seconds, so lookups take turns.
-    scanner: Mutex<Option<BaseConsumer>>,
+    /// Idle scanning clients, created on demand, at most one per turn.
+    scanners: Mutex<Vec<BaseConsumer>>,
+    /// One permit per scan in progress: the lookup concurrency.
+    turns: Arc<Semaphore>,
+    /// Longest a lookup waits for its turn.
+    queue: Duration,
+    /// Longest one scan reads.
+    max_time: Duration,
+    /// Counts lookups refused or cut short.
+    limited: Family<LimitLabels, Counter>,
     /// For offset queries only (thread-safe, never assigned): kept apart
     /// from `scanner`, so a stream's start is not queued behind a scan.
     offsets: OnceLock<BaseConsumer>,
@@ -47,26 +78,64 @@ impl ReplyLog {
         client_config: ClientConfig,
         max_records: u64,
         metadata_timeout: Duration,
+        limits: &LookupLimits,
+        limited: Family<LimitLabels, Counter>,
     ) -> Self {
         Self {
             topic,
             client_config,
-            scanner: Mutex::new(None),
+            scanners: Mutex::new(Vec::new()),
+            turns: Arc::new(Semaphore::new(limits.max_concurrent)),
+            queue: Duration::from_millis(limits.queue_ms),
+            max_time: Duration::from_millis(limits.max_ms),
+            limited,
             offsets: OnceLock::new(),
             max_records,
             metadata_timeout,
         }
     }
 
-    /// Reads the reply partition from just before the id's timestamp to its
-    /// end, at most `max_records` records, looking for the id's events.
-    /// Blocking: call it from a blocking task.
-    pub fn scan(&self, id: RequestId, partition: i32) -> Result<Lookup, KafkaError> {
-        let mut slot = self.scanner.lock().unwrap();
-        if slot.is_none() {
-            *slot = Some(self.client_config.create()?);
+    /// Waits for a turn to scan (at most the queue time).
+    pub async fn turn(&self) -> Result<OwnedSemaphorePermit, LookupError> {
+        match tokio::time::timeout(self.queue, Arc::clone(&self.turns).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                self.limited.get_or_create(&Limit::Lookups.label()).inc();
+                Err(LookupError::Busy)
+            }
         }
-        let consumer = slot.as_ref().expect("just created");
+    }
+
+    /// Reads the reply partition from just before the id's timestamp to its
+    /// end, within the bounds, looking for the id's events. Blocking: call
+    /// it from a blocking task, holding a [`Self::turn`].
+    pub fn scan(
+        &self,
+        id: RequestId,
+        partition: i32,
+        _turn: &OwnedSemaphorePermit,
+    ) -> Result<Lookup, LookupError> {
+        let pooled = self.scanners.lock().unwrap().pop();
+        let consumer = match pooled {
+            Some(consumer) => consumer,
+            None => self.client_config.create()?,
+        };
+        let found = self.scan_with(&consumer, id, partition);
+        self.scanners.lock().unwrap().push(consumer);
+        if matches!(found, Err(LookupError::Incomplete)) {
+            self.limited
+                .get_or_create(&Limit::LookupIncomplete.label())
+                .inc();
+        }
+        found
+    }
+
+    fn scan_with(
+        &self,
+        consumer: &BaseConsumer,
+        id: RequestId,
+        partition: i32,
+    ) -> Result<Lookup, LookupError> {
         let (low, high) =
             consumer.fetch_watermarks(&self.topic, partition, self.metadata_timeout)?;
         if high <= low {
@@ -81,7 +150,7 @@ impl ReplyLog {
         let key = id.to_string();
         let mut owner = None;
         let mut read = 0u64;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + self.max_time;
         let mut position = start;
         while position < high && read < self.max_records && Instant::now() < deadline {
             let Some(message) = consumer.poll(Duration::from_millis(200)) else {
@@ -106,6 +175,10 @@ impl ReplyLog {
                     owner.get_or_insert(Owner::Unknown);
                 }
             }
+        }
+        if position < high {
+            // Stopped by a bound: the final reply may lie further on.
+            return Err(LookupError::Incomplete);
         }
         Ok(match owner {
             Some(owner) => Lookup::Pending(owner),

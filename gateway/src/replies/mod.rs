@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 pub use event::{FollowError, FollowReceiver, Owner, ReplyEvent};
 pub use lookup::Lookup;
 
-use crate::config::{KafkaConfig, RepliesConfig};
+use crate::config::{KafkaConfig, LookupLimits, RepliesConfig};
 use crate::metrics::Metrics;
 use crate::writer::{OutboundRecord, RecordWriter};
 use lookup::ReplyLog;
@@ -117,7 +117,7 @@ pub enum RepliesError {
         source: KafkaError,
     },
     #[error("looking up the reply failed: {0}")]
-    Lookup(#[from] KafkaError),
+    Lookup(#[from] lookup::LookupError),
 }
 
 /// The reply side of the gateway.
@@ -150,6 +150,7 @@ impl ReplyHub {
     pub async fn start(
         kafka: &KafkaConfig,
         replies: &RepliesConfig,
+        lookups: &LookupLimits,
         writer: Arc<dyn RecordWriter>,
         metrics: &Metrics,
     ) -> Result<Arc<Self>, RepliesError> {
@@ -202,6 +203,8 @@ impl ReplyHub {
                 client_config.clone(),
                 replies.lookup_max_records,
                 kafka.metadata_timeout(),
+                lookups,
+                metrics.limited.clone(),
             )),
             tails: PartitionTails::new(replies.topic.clone(), client_config),
         });
@@ -332,7 +335,8 @@ impl ReplyHub {
             return Ok(Lookup::Unknown);
         };
         let log = Arc::clone(&self.log);
-        let found = tokio::task::spawn_blocking(move || log.scan(id, partition))
+        let turn = log.turn().await?;
+        let found = tokio::task::spawn_blocking(move || log.scan(id, partition, &turn))
             .await
             .expect("lookup task panicked")?;
         if let Lookup::Replied(reply, owner) = &found {

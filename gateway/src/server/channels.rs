@@ -105,7 +105,9 @@ async fn subscribe_channel(
     };
     let catch_up = start
         .clone()
-        .map(|start| subscriptions.catch_up(&name, start, live.snapshot.clone()));
+        .map(|start| subscriptions.catch_up(&name, start, live.snapshot.clone()))
+        .transpose()
+        .map_err(unavailable)?;
     Ok(sse::channel_stream(
         &state.streams,
         ChannelStream {

@@ -10,6 +10,7 @@
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics` and the request metrics.
 //! - [`accepted`], [`prefer`]: the 202 answer and the `Prefer` header.
 //! - [`cors`]: which browser origins may call what.
+//! - [`idempotent`]: publish calls with an `Idempotency-Key`.
 //! - [`state`]: the [`AppState`] every surface shares (a leaf: the surfaces
 //!   import it, it imports none of them).
 //!
@@ -19,6 +20,7 @@
 pub mod accepted;
 pub mod channels;
 pub mod cors;
+pub mod idempotent;
 pub mod ops;
 pub mod prefer;
 pub mod publish;
@@ -71,6 +73,11 @@ pub fn apps(config: &Config, state: AppState) -> (Router, Option<Router>) {
             None
         }
     };
+    // Rate limits on the public routes (probes and scrapes are exempt).
+    public = public.layer(middleware::from_fn_with_state(
+        Arc::clone(&state.limits.rate),
+        crate::limits::rate::enforce,
+    ));
     (with_fallbacks(public, &state), ops)
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::HeaderMap;
 
 /// What the client asked for with `Prefer` (RFC 7240).
-pub(super) struct Preference {
+pub struct Preference {
     /// Answer 202 as soon as the request is in its channel.
     pub respond_async: bool,
     /// How long to wait for the reply.

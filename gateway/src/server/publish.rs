@@ -15,6 +15,7 @@ use axum::routing::{MethodFilter, MethodRouter};
 
 use super::accepted::accepted_response;
 use super::cors;
+use super::idempotent;
 use super::requests;
 use super::state::AppState;
 use crate::config::{Config, Mode, RouteConfig};
@@ -94,8 +95,15 @@ async fn accept(state: Arc<AppState>, call: RoutedCall) -> Result<Response, Prob
     let body = read_body(&head.headers, body, route.max_body_bytes).await?;
     match route.mode {
         Mode::Publish => {
+            let key = idempotent::key_of(&state, &head.headers)?;
+            let subject = caller.as_ref().map(|identity| identity.subject.clone());
             let caller = caller.map(|identity| identity.caller());
             let request = RequestRecord::build(&route, &head, body, caller, None)?;
+            if let Some(key) = key {
+                let subject = subject.as_deref();
+                return idempotent::publish_once(&state, &route, &head, key, subject, request)
+                    .await;
+            }
             let stored = state.write(&route, request.id, request.record).await?;
             Ok(accepted_response(request.id, &route.channel, stored, false))
         }

@@ -76,6 +76,9 @@ pub(super) async fn send_and_wait(
         Some(caller) => Owner::Subject(caller.subject.clone()),
         None => Owner::Anonymous,
     };
+    state
+        .limits
+        .admit_waiting(hub.waiting_count(), state.retry_after)?;
     let mut waiting = hub.wait_for(id, owner);
     let stored = state.write(route, id, request.record).await?;
     let accepted_json = Accepted::new(id, &route.channel, stored, false).to_json();

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::policy;
 use crate::auth::{Authenticator, BrowserToken, Identity};
-use crate::config::{AccessConfig, SseConfig};
+use crate::config::{AccessConfig, LimitsConfig, SseConfig};
+use crate::idempotency::Idempotency;
+use crate::limits::Limits;
 use crate::metrics::{ChannelLabels, Metrics};
 use crate::problem::Problem;
 use crate::replies::{Owner, ReplyHub};
@@ -48,6 +50,10 @@ pub struct AppState {
     pub auth: Option<Arc<Authenticator>>,
     /// Settings and shared state of event streams.
     pub streams: StreamContext,
+    /// Bounds on what clients control (rates, waiting requests, shedding).
+    pub limits: Arc<Limits>,
+    /// The index of `Idempotency-Key`s; `None`: the header is ignored.
+    pub idempotency: Option<Arc<Idempotency>>,
 }
 
 impl AppState {
@@ -58,6 +64,7 @@ impl AppState {
         sse: &SseConfig,
     ) -> Self {
         let shutdown = CancellationToken::new();
+        let limits = Arc::new(Limits::new(&LimitsConfig::default(), Arc::clone(&metrics)));
         Self {
             writer,
             streams: StreamContext::new(sse, shutdown.clone(), Arc::clone(&metrics)),
@@ -69,6 +76,8 @@ impl AppState {
             subscriptions: None,
             subscribable: Arc::default(),
             auth: None,
+            limits,
+            idempotency: None,
         }
     }
 
@@ -139,6 +148,21 @@ impl AppState {
         id: RequestId,
         record: OutboundRecord,
     ) -> Result<Stored, Problem> {
+        self.limits
+            .shed(self.writer.queue_depth(), self.retry_after)?;
+        self.write_outcome(route, id, record)
+            .await
+            .map_err(|error| self.write_problem(route, error))
+    }
+
+    /// Writes a request record, timing the produce; the writer's own
+    /// outcome, for callers that record it (idempotency keys).
+    pub(super) async fn write_outcome(
+        &self,
+        route: &Route,
+        id: RequestId,
+        record: OutboundRecord,
+    ) -> Result<Stored, WriteError> {
         let started = Instant::now();
         let outcome = self.writer.write(record).await;
         self.metrics
@@ -147,20 +171,25 @@ impl AppState {
                 channel: route.channel.clone(),
             })
             .observe(started.elapsed().as_secs_f64());
-        outcome.map_err(|error| {
+        if let Err(error) = &outcome {
             tracing::warn!(request_id = %id, channel = %route.channel, %error, "write not acknowledged");
-            match error {
-                WriteError::TooLarge => Problem::RecordTooLarge,
-                WriteError::QueueFull | WriteError::NotAcknowledged(_) | WriteError::Closed => {
-                    Problem::Unavailable {
-                        reason: format!(
-                            "channel {} cannot take the request now: {error}",
-                            route.channel
-                        ),
-                        retry_after: self.retry_after,
-                    }
+        }
+        outcome
+    }
+
+    /// The client's problem for a write that failed.
+    pub(super) fn write_problem(&self, route: &Route, error: WriteError) -> Problem {
+        match error {
+            WriteError::TooLarge => Problem::RecordTooLarge,
+            WriteError::QueueFull | WriteError::NotAcknowledged(_) | WriteError::Closed => {
+                Problem::Unavailable {
+                    reason: format!(
+                        "channel {} cannot take the request now: {error}",
+                        route.channel
+                    ),
+                    retry_after: self.retry_after,
                 }
             }
-        })
+        }
     }
 }

@@ -8,14 +8,14 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::context::{OpenStream, StreamContext, StreamKind};
 use super::frames::{RecordFormat, frame, record_frame, shared_record_frame, shutdown_frame};
-use crate::subscriptions::{ChannelEvent, LiveSubscription, Positions, SubscriptionError};
+use crate::subscriptions::{CatchUp, ChannelEvent, LiveSubscription, Positions};
 
 /// Everything one subscription's stream needs.
 pub struct ChannelStream {
     pub open: OpenStream,
     pub live: LiveSubscription,
     /// Records from `start` up to the live feed's snapshot, when resuming.
-    pub catch_up: Option<mpsc::Receiver<Result<ChannelEvent, SubscriptionError>>>,
+    pub catch_up: Option<mpsc::Receiver<CatchUp>>,
     pub start: Option<Positions>,
     /// Only records with exactly this key.
     pub key: Option<Bytes>,
@@ -50,7 +50,7 @@ pub fn channel_stream(context: &StreamContext, subscription: ChannelStream) -> R
                     return;
                 };
                 match received {
-                    Some(Ok(event)) => {
+                    Some(CatchUp::Event(event)) => {
                         if event.offset < cursor.get(event.partition).unwrap_or(0) {
                             continue;
                         }
@@ -60,11 +60,25 @@ pub fn channel_stream(context: &StreamContext, subscription: ChannelStream) -> R
                             yield record_frame(&event, &cursor.to_string(), format);
                         }
                     }
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "catch-up failed; joining the live feed");
-                        break;
+                    Some(CatchUp::Lost { partition, from, to }) => {
+                        cursor.set(partition, to);
+                        yield lost_frame(partition, from, to, &cursor.to_string());
                     }
-                    None => break,
+                    Some(CatchUp::Done) => break,
+                    // Never a silent jump to the live feed: the stream ends
+                    // where the subscriber is, and it resumes from there.
+                    Some(CatchUp::Failed(error)) => {
+                        tracing::warn!(%error, "catch-up failed; ending the stream");
+                        yield interrupted_frame(&cursor.to_string(), &error.to_string());
+                        return;
+                    }
+                    None => {
+                        yield interrupted_frame(
+                            &cursor.to_string(),
+                            "the catch-up stopped (the subscriber read too slowly, or Kafka made no progress)",
+                        );
+                        return;
+                    }
                 }
             }
         }
@@ -113,4 +127,25 @@ pub fn channel_stream(context: &StreamContext, subscription: ChannelStream) -> R
         }
     };
     context.respond(open, stream)
+}
+
+/// Records a resume asked for that retention deleted: which, and why.
+fn lost_frame(partition: i32, from: i64, to: i64, id: &str) -> Bytes {
+    let data = serde_json::json!({
+        "partition": partition,
+        "from": from,
+        "to": to,
+        "reason": "retention deleted these records before they were read",
+    });
+    frame("lost", Some(id), &data.to_string())
+}
+
+/// The end of a stream whose catch-up could not finish; its id is where
+/// to resume.
+fn interrupted_frame(id: &str, reason: &str) -> Bytes {
+    let data = serde_json::json!({
+        "reason": reason,
+        "resume": "reconnect with Last-Event-ID",
+    });
+    frame("interrupted", Some(id), &data.to_string())
 }

@@ -2,6 +2,11 @@
 //! that brings a resuming subscriber from its position up to the live
 //! feed's snapshot, and the partitions' watermarks. Blocking: called from
 //! blocking tasks.
+//!
+//! A catch-up either delivers every record of its range, says which ones
+//! retention deleted ([`CatchUp::Lost`]), or ends without [`CatchUp::Done`]
+//! (the subscriber then ends its stream with an explicit event): it never
+//! jumps silently.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,19 +18,43 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::SendTimeoutError;
 
-use super::event::{ChannelEvent, SubscriptionError};
+use super::event::{CatchUp, ChannelEvent};
 use super::positions::Positions;
 
+/// How a catch-up ended, when not by a Kafka error.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Every record of the range was handed over.
+    Complete,
+    /// The subscriber went away.
+    SubscriberGone,
+    /// The subscriber did not take an event within the send timeout.
+    Stalled,
+    /// Kafka delivered nothing for a while (a broker gone, a range that
+    /// ends in a gap).
+    NoProgress,
+}
+
 /// Reads `[start, until)` of every partition of `topic`, in offset order
-/// per partition, into `tx`, until done or the subscriber goes away.
+/// per partition, into `tx`, until done, the subscriber goes away or does
+/// not take an event within `send_timeout`. Only partitions `start` names
+/// can report lost records; others start at the log's start.
 pub(super) fn read_range(
     client_config: &ClientConfig,
     topic: &str,
     start: &Positions,
     until: &Positions,
-    tx: &mpsc::Sender<Result<ChannelEvent, SubscriptionError>>,
-) -> Result<(), KafkaError> {
+    tx: &mpsc::Sender<CatchUp>,
+    send_timeout: Duration,
+) -> Result<Ended, KafkaError> {
+    let runtime = tokio::runtime::Handle::current();
+    let send = |item: CatchUp| match runtime.block_on(tx.send_timeout(item, send_timeout)) {
+        Ok(()) => None,
+        Err(SendTimeoutError::Timeout(_)) => Some(Ended::Stalled),
+        Err(SendTimeoutError::Closed(_)) => Some(Ended::SubscriberGone),
+    };
     let mut remaining: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     for (partition, end) in until.iter() {
         let from = start.get(partition).unwrap_or(0);
@@ -34,9 +63,35 @@ pub(super) fn read_range(
         }
     }
     if remaining.is_empty() {
-        return Ok(());
+        return Ok(Ended::Complete);
     }
     let consumer: BaseConsumer = client_config.create()?;
+    // Retention may have deleted the start of the range: say so, then
+    // read from what is left.
+    for (partition, (from, end)) in remaining.clone() {
+        let (low, _) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+        if low <= from {
+            continue;
+        }
+        let to = low.min(end);
+        if start.get(partition).is_some()
+            && let Some(ended) = send(CatchUp::Lost {
+                partition,
+                from,
+                to,
+            })
+        {
+            return Ok(ended);
+        }
+        if to >= end {
+            remaining.remove(&partition);
+        } else {
+            remaining.insert(partition, (to, end));
+        }
+    }
+    if remaining.is_empty() {
+        return Ok(Ended::Complete);
+    }
     let mut assignment = TopicPartitionList::new();
     for (partition, (from, _)) in &remaining {
         assignment.add_partition_offset(topic, *partition, Offset::Offset(*from))?;
@@ -46,14 +101,11 @@ pub(super) fn read_range(
     let mut last_progress = Instant::now();
     while !remaining.is_empty() {
         if tx.is_closed() {
-            return Ok(());
+            return Ok(Ended::SubscriberGone);
         }
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             if last_progress.elapsed() > idle_limit {
-                // Retention removed what was asked for, or the broker is
-                // gone: stop rather than hang; the live feed continues.
-                tracing::warn!(topic, "catch-up made no progress; joining the live feed");
-                return Ok(());
+                return Ok(Ended::NoProgress);
             }
             continue;
         };
@@ -68,14 +120,14 @@ pub(super) fn read_range(
             continue;
         }
         let event = ChannelEvent::from_message(&message, Arc::from(""));
-        if tx.blocking_send(Ok(event)).is_err() {
-            return Ok(());
+        if let Some(ended) = send(CatchUp::Event(event)) {
+            return Ok(ended);
         }
         if message.offset() + 1 >= end {
             remaining.remove(&partition);
         }
     }
-    Ok(())
+    Ok(Ended::Complete)
 }
 
 /// (low, high) watermarks of every partition of `topic`.

@@ -50,4 +50,20 @@ pub enum SubscriptionError {
     },
     #[error("channel {0:?} has no partitions")]
     NoPartitions(String),
+    #[error("too many subscriptions are catching up now")]
+    TooManyCatchUps,
+}
+
+/// What a catch-up hands its subscriber, in order.
+#[derive(Debug)]
+pub enum CatchUp {
+    /// The next record.
+    Event(ChannelEvent),
+    /// Records `[from, to)` of `partition` are gone (retention deleted
+    /// them) and cannot be delivered; the catch-up goes on from `to`.
+    Lost { partition: i32, from: i64, to: i64 },
+    /// Every record up to the live feed's snapshot was delivered.
+    Done,
+    /// The catch-up cannot go on.
+    Failed(SubscriptionError),
 }

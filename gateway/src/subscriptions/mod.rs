@@ -33,11 +33,12 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{broadcast, mpsc};
 
-pub use event::{ChannelEvent, SubscriptionError};
+pub use event::{CatchUp, ChannelEvent, SubscriptionError};
 pub use positions::{InvalidPositions, Positions};
 
-use crate::config::KafkaConfig;
-use catch_up::{read_range, watermarks};
+use crate::config::{CatchUpLimits, KafkaConfig};
+use crate::metrics::{Limit, Metrics};
+use catch_up::{Ended, read_range, watermarks};
 
 /// The live feed of one topic.
 pub struct Feed {
@@ -76,12 +77,23 @@ pub enum StartAt {
 /// All live feeds of this gateway, created on first subscription.
 pub struct Subscriptions {
     client_config: ClientConfig,
+    /// The catch-ups' client settings: a prefetch of 1 MiB instead of the
+    /// live feed's 8 MiB, since a catch-up's subscriber reads at its own
+    /// pace and there may be `limits.catch_ups.max` of them.
+    catch_up_config: ClientConfig,
     buffer: usize,
     metadata_timeout: Duration,
     /// Started feeds, looked up on every subscription.
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     /// Serialises starting feeds, so that one topic never gets two.
     starting: tokio::sync::Mutex<()>,
+    /// One permit per catch-up reading Kafka (each holds a Kafka client
+    /// and a blocking thread): the catch-up cap.
+    catch_ups: Arc<tokio::sync::Semaphore>,
+    /// Longest a catch-up waits for its subscriber to take an event.
+    catch_up_send_timeout: Duration,
+    /// Counts the catch-up bounds when they bite.
+    metrics: Arc<Metrics>,
 }
 
 impl Subscriptions {
@@ -96,15 +108,34 @@ impl Subscriptions {
                 ("group.id", "osmosis-gateway-subscriptions"),
                 ("enable.auto.commit", "false"),
                 ("fetch.wait.max.ms", "10"),
+                // A position below the log's start (retention) reads from
+                // the start, and the catch-up reports the loss: never a
+                // jump to the end.
+                ("auto.offset.reset", "earliest"),
             ])
             .build();
+        let limits = CatchUpLimits::default();
+        let mut catch_up_config = client_config.clone();
+        catch_up_config.set("queued.max.messages.kbytes", "1024");
         Self {
+            catch_up_config,
             client_config,
             buffer,
             metadata_timeout: kafka.metadata_timeout(),
             feeds: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
+            catch_ups: Arc::new(tokio::sync::Semaphore::new(limits.max)),
+            catch_up_send_timeout: Duration::from_millis(limits.send_timeout_ms),
+            metrics: Arc::default(),
         }
+    }
+
+    /// The catch-up cap and send timeout, counted in `metrics`.
+    pub fn with_catch_up_limits(mut self, limits: &CatchUpLimits, metrics: Arc<Metrics>) -> Self {
+        self.catch_ups = Arc::new(tokio::sync::Semaphore::new(limits.max));
+        self.catch_up_send_timeout = Duration::from_millis(limits.send_timeout_ms);
+        self.metrics = metrics;
+        self
     }
 
     /// The live feed of `topic`, started from the topic's current end.
@@ -220,22 +251,40 @@ impl Subscriptions {
     }
 
     /// Reads `[start, until)` of every partition from Kafka, in offset order
-    /// per partition, into a bounded channel the subscriber drains.
+    /// per partition, into a bounded channel the subscriber drains; ends
+    /// with [`CatchUp::Done`] only when every record was handed over.
+    /// Refused when the catch-up cap is reached.
     pub fn catch_up(
         &self,
         topic: &str,
         start: Positions,
         until: Positions,
-    ) -> mpsc::Receiver<Result<ChannelEvent, SubscriptionError>> {
+    ) -> Result<mpsc::Receiver<CatchUp>, SubscriptionError> {
+        let permit = Arc::clone(&self.catch_ups)
+            .try_acquire_owned()
+            .map_err(|_| {
+                self.metrics.limited(Limit::CatchUps);
+                SubscriptionError::TooManyCatchUps
+            })?;
         let (tx, rx) = mpsc::channel(256);
-        let client_config = self.client_config.clone();
+        let client_config = self.catch_up_config.clone();
         let topic = topic.to_owned();
+        let (send_timeout, metrics) = (self.catch_up_send_timeout, Arc::clone(&self.metrics));
         tokio::task::spawn_blocking(move || {
-            if let Err(source) = read_range(&client_config, &topic, &start, &until, &tx) {
-                let _ = tx.blocking_send(Err(SubscriptionError::Kafka { topic, source }));
-            }
+            let _permit = permit;
+            let ended = read_range(&client_config, &topic, &start, &until, &tx, send_timeout);
+            let last = match ended {
+                Ok(Ended::Complete) => CatchUp::Done,
+                Ok(Ended::Stalled) => {
+                    metrics.limited(Limit::CatchUpStalled);
+                    return;
+                }
+                Ok(Ended::SubscriberGone | Ended::NoProgress) => return,
+                Err(source) => CatchUp::Failed(SubscriptionError::Kafka { topic, source }),
+            };
+            let _ = tx.blocking_send(last);
         });
-        rx
+        Ok(rx)
     }
 }
 
