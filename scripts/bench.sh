@@ -36,6 +36,8 @@ if [ $# -eq 0 ]; then
   echo
   target/release/osmosis-bench reply --brokers "127.0.0.1:$KAFKA_PORT"
   echo
+  target/release/osmosis-bench worker --brokers "127.0.0.1:$KAFKA_PORT"
+  echo
   target/release/osmosis-bench fleet --brokers "127.0.0.1:$KAFKA_PORT"
   echo
   target/release/osmosis-bench auth --brokers "127.0.0.1:$KAFKA_PORT"

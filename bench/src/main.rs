@@ -14,6 +14,8 @@
 //!   joins and while one leaves, against the steady state, in one run.
 //! - `auth`: publish throughput and latency with JWT verification off and
 //!   on, side by side.
+//! - `worker`: one worker's throughput on a pre-filled backlog, the
+//!   sequential loop against the pipelined runtime.
 
 mod auth;
 mod autoscale;
@@ -23,6 +25,7 @@ mod ingest;
 mod load;
 mod reaction;
 mod reply;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +52,8 @@ enum Bench {
     Fleet(fleet::FleetArgs),
     /// Publish with JWT verification off and on, side by side.
     Auth(auth::AuthArgs),
+    /// One worker's throughput on a backlog: sequential against pipelined.
+    Worker(worker::WorkerArgs),
 }
 
 #[tokio::main]
@@ -61,5 +66,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Reply(args) => reply::run(args).await,
         Bench::Fleet(args) => fleet::run(args).await,
         Bench::Auth(args) => auth::run(args).await,
+        Bench::Worker(args) => worker::run(args).await,
     }
 }
