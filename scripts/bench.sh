@@ -37,11 +37,13 @@ if [ $# -eq 0 ]; then
   echo
   "$bin"/osmosis-bench reply --brokers "127.0.0.1:$KAFKA_PORT"
   echo
+  "$bin"/osmosis-bench worker --brokers "127.0.0.1:$KAFKA_PORT"
+  echo
   "$bin"/osmosis-bench fleet --brokers "127.0.0.1:$KAFKA_PORT"
   echo
   "$bin"/osmosis-bench auth --brokers "127.0.0.1:$KAFKA_PORT"
   echo
-  target/release/osmosis-bench abuse --brokers "127.0.0.1:$KAFKA_PORT"
+  "$bin"/osmosis-bench abuse --brokers "127.0.0.1:$KAFKA_PORT"
   echo
   # One gateway per protocol, so that neither run's memory colours the other's.
   "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1

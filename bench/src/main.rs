@@ -16,6 +16,8 @@
 //!   on, side by side.
 //! - `abuse`: publish latency and the gateway's RSS with and without
 //!   abusive clients (slow subscribers, catch-ups that never read).
+//! - `worker`: one worker's throughput on a pre-filled backlog, the
+//!   sequential loop against the pipelined runtime.
 
 mod abuse;
 mod auth;
@@ -26,6 +28,7 @@ mod ingest;
 mod load;
 mod reaction;
 mod reply;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +57,8 @@ enum Bench {
     Auth(auth::AuthArgs),
     /// Publish latency and RSS with and without abusive clients.
     Abuse(abuse::AbuseArgs),
+    /// One worker's throughput on a backlog: sequential against pipelined.
+    Worker(worker::WorkerArgs),
 }
 
 #[tokio::main]
@@ -67,5 +72,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Fleet(args) => fleet::run(args).await,
         Bench::Auth(args) => auth::run(args).await,
         Bench::Abuse(args) => abuse::run(args).await,
+        Bench::Worker(args) => worker::run(args).await,
     }
 }

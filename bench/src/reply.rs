@@ -46,6 +46,11 @@ pub struct ReplyArgs {
     /// Partitions of the request channels.
     #[arg(long, default_value_t = 3)]
     partitions: i32,
+    /// An extra flag for the `echo` worker (repeatable), e.g.
+    /// `--worker-arg=--max-in-flight-per-partition=1` for the sequential
+    /// loop or `--worker-arg=--producer-property=linger.ms=0`.
+    #[arg(long = "worker-arg", allow_hyphen_values = true)]
+    worker_args: Vec<String>,
 }
 
 pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
@@ -55,7 +60,8 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
         kafka::create_topic_on(&args.brokers, "bench.reply.requests", args.partitions).await;
     let replies =
         kafka::create_topic_on(&args.brokers, "bench.reply.replies", args.partitions).await;
-    let worker = Worker::start("examples/echo", &args.brokers, &channel, &[]);
+    let worker_args: Vec<&str> = args.worker_args.iter().map(String::as_str).collect();
+    let worker = Worker::start("examples/echo", &args.brokers, &channel, &worker_args);
     worker.wait_assigned();
     let gateway = Gateway::start(&format!(
         "listen: 127.0.0.1:0\n\
@@ -87,8 +93,14 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
     header(
         "Request-reply round trip: the gateway against Kafka's own round trip",
         &format!(
-            "one `echo` worker, {} partitions, open-loop, {} s per rate, both paths against the same broker in one run",
-            args.partitions, args.seconds,
+            "one `echo` worker ({}), {} partitions, open-loop, {} s per rate, both paths against the same broker in one run",
+            if worker_args.is_empty() {
+                "default flags".to_owned()
+            } else {
+                worker_args.join(" ")
+            },
+            args.partitions,
+            args.seconds,
         ),
     );
     println!("| rate/s | path | done | p50 ms | p99 ms | p99.9 ms | max ms | errors |");

@@ -1,12 +1,13 @@
 //! The Kafka clients the runtime uses: the consumer's and the producer's
 //! settings (the user's properties, the runtime's defaults, and what
 //! at-least-once rests on), the consumer's context (rebalance and commit
-//! logs, the lag metric) and the dead-letter topic's creation.
+//! logs, the lag metric, the hook that lets revoked partitions finish
+//! their messages in flight) and the dead-letter topic's creation.
 //!
 //! It builds the clients and does not use them: consuming is `runtime`'s and
 //! `partitions`', producing is `replier`'s.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use osmosis_support::kafka::{ClientRole, ClientSettings, LoggingContext, check_connection};
@@ -82,6 +83,7 @@ pub(crate) async fn connect(
     let consumer: StreamConsumer<WorkerContext> =
         consumer_config.create_with_context(WorkerContext {
             metrics: metrics.clone(),
+            on_revoke: OnceLock::new(),
         })?;
     consumer.subscribe(&[&config.channel])?;
     let producer: FutureProducer = producer_config.create()?;
@@ -136,10 +138,26 @@ async fn ensure_dead_letter_topic(
     Ok(())
 }
 
-/// Logs rebalances and commits, and turns librdkafka statistics into the
-/// per-partition lag metric.
+/// Called with the partitions about to be revoked; returns once their
+/// finished work's offsets are stored (or it gave up waiting).
+pub(crate) type OnRevoke = Box<dyn Fn(&[i32]) + Send + Sync>;
+
+/// Logs rebalances and commits, turns librdkafka statistics into the
+/// per-partition lag metric, and lets revoked partitions finish.
 pub(crate) struct WorkerContext {
     metrics: Arc<Metrics>,
+    /// Set once the partitions' pipelines exist, before the first poll.
+    on_revoke: OnceLock<OnRevoke>,
+}
+
+impl WorkerContext {
+    /// Runs `hook` before partitions are revoked: librdkafka commits the
+    /// offsets stored by then as the partitions leave.
+    pub(crate) fn on_revoke(&self, hook: OnRevoke) {
+        if self.on_revoke.set(hook).is_err() {
+            tracing::error!("the revocation hook was set twice; keeping the first");
+        }
+    }
 }
 
 impl ClientContext for WorkerContext {
@@ -164,6 +182,21 @@ impl ClientContext for WorkerContext {
 }
 
 impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
+        if let (Rebalance::Revoke(partitions), Some(hook)) = (rebalance, self.on_revoke.get()) {
+            let numbers: Vec<i32> = partitions
+                .elements()
+                .iter()
+                .map(|e| e.partition())
+                .collect();
+            hook(&numbers);
+        }
+    }
+
     fn post_rebalance(
         &self,
         _consumer: &rdkafka::consumer::BaseConsumer<Self>,

@@ -8,6 +8,22 @@ use std::time::Duration;
 use clap::Args;
 use osmosis_support::kafka::parse_property;
 
+/// The default of `--max-in-flight-per-partition`: enough that a reply's
+/// acknowledgement (a few ms) does not bound a partition's rate, few
+/// enough that a crash redelivers little.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_PARTITION: u32 = 32;
+
+/// What a worker's handlers keep in order.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ordering {
+    /// One handler at a time per partition, in offset order.
+    #[default]
+    Partition,
+    /// One handler at a time per record key, in offset order within a key;
+    /// different keys of one partition run at once.
+    Key,
+}
+
 /// Everything the runtime needs; `#[command(flatten)]` it into a binary's
 /// own arguments.
 #[derive(Args, Clone, Debug)]
@@ -22,16 +38,45 @@ pub struct WorkerConfig {
     /// Default: `<channel>.workers`.
     #[arg(long, env = "OSMOSIS_WORKER_GROUP")]
     pub group: Option<String>,
-    /// Handlers running at once, across partitions (order is kept per partition).
+    /// Handlers running at once, across partitions (order is kept per
+    /// partition, or per key with `--ordering key`).
     #[arg(long, env = "OSMOSIS_WORKER_MAX_IN_FLIGHT", default_value_t = 16)]
     pub max_in_flight: usize,
+    /// Messages of one partition taken and not yet finished (handled, and
+    /// their reply or dead letter acknowledged by Kafka): a reply's
+    /// acknowledgement does not hold the partition's next message back
+    /// while fewer are in flight. Offsets are committed as the contiguous
+    /// prefix of finished messages, so a crash redelivers at most this
+    /// many per partition. `1` is the sequential loop: each message's reply
+    /// acknowledged before the next message is taken.
+    #[arg(
+        long,
+        env = "OSMOSIS_WORKER_MAX_IN_FLIGHT_PER_PARTITION",
+        default_value_t = DEFAULT_MAX_IN_FLIGHT_PER_PARTITION,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
+    pub max_in_flight_per_partition: u32,
+    /// What handlers keep in order: `partition` (one handler at a time per
+    /// partition, in offset order) or `key` (one at a time per record key,
+    /// different keys of a partition at once, bounded by
+    /// `--max-in-flight-per-partition` and `--max-in-flight`; records
+    /// without a key share one lane).
+    #[arg(
+        long,
+        env = "OSMOSIS_WORKER_ORDERING",
+        value_enum,
+        default_value_t = Ordering::Partition
+    )]
+    pub ordering: Ordering,
     /// Retries of a failing handler before the request is dead-lettered.
     #[arg(long, env = "OSMOSIS_WORKER_MAX_RETRIES", default_value_t = 3)]
     pub max_retries: u32,
     /// First retry delay; doubles on every retry, up to 30 s.
     #[arg(long, env = "OSMOSIS_WORKER_RETRY_BACKOFF_MS", default_value_t = 200)]
     pub retry_backoff_ms: u64,
-    /// On SIGTERM, how long in-flight handlers may take to finish.
+    /// On SIGTERM, and when partitions are revoked, how long their
+    /// messages in flight (started handlers, unacknowledged replies) may
+    /// take to finish before they are abandoned (and later redelivered).
     #[arg(
         long,
         env = "OSMOSIS_WORKER_DRAIN_TIMEOUT_MS",
@@ -93,6 +138,8 @@ impl WorkerConfig {
             channel: channel.into(),
             group: None,
             max_in_flight: 16,
+            max_in_flight_per_partition: DEFAULT_MAX_IN_FLIGHT_PER_PARTITION,
+            ordering: Ordering::Partition,
             max_retries: 3,
             retry_backoff_ms: 200,
             drain_timeout_ms: 30_000,

@@ -7,14 +7,20 @@
 //! - one consumer group per channel, cooperative-sticky assignment;
 //! - at least once: an offset is committed only after the reply (or the
 //!   dead-letter record) for it was acknowledged by Kafka;
-//! - order kept per partition, partitions processed in parallel (bounded by
-//!   `max_in_flight`);
+//! - order kept per partition (or per key, `--ordering key`), partitions
+//!   processed in parallel (handlers bounded by `max_in_flight`);
+//! - pipelined acknowledgements: a reply waiting for Kafka's acknowledgement
+//!   does not hold back the partition's next message (up to
+//!   `max_in_flight_per_partition` unfinished); the committed offset is the
+//!   end of the contiguous prefix of acknowledged work;
 //! - expired deadlines are not processed (the client gets a 504);
 //! - failing handlers are retried with exponential backoff, then the request
 //!   goes to `<channel>.dlq` and the client gets an error reply;
 //! - the shutdown future (SIGTERM/SIGINT in [`shutdown_signal`]) drains:
 //!   no new messages, in-flight ones finish within the drain timeout,
-//!   offsets are committed and the consumer leaves the group at once;
+//!   offsets are committed and the consumer leaves the group at once; a
+//!   revoked partition finishes its messages in flight the same way before
+//!   the rebalance goes on;
 //! - a record Kafka refuses for good (too large, invalid, unauthorized, its
 //!   topic gone) is never retried forever: a reply gives way to a problem
 //!   reply, a dead letter is cut down, and the partition moves on;
@@ -52,9 +58,15 @@
 //! From the loop down to the leaves; a module imports only modules listed
 //! below it.
 //! - `runtime`: [`run`]: starts the clients, fetches messages and queues
-//!   each on its partition's task, and drains on shutdown.
-//! - `partitions`: one task per partition, messages in order; stores a
-//!   message's offset once it is processed (the at-least-once invariant).
+//!   each on its partition's pipeline, and drains on shutdown.
+//! - `partitions`: one pipeline task per partition: started, revoked and
+//!   drained.
+//! - `pipeline`: one partition's messages in flight: taken in order,
+//!   handlers started in their lane's order, replies enqueued in handler
+//!   order and acknowledged in the background, the finished prefix's
+//!   offset stored (the at-least-once invariant).
+//! - `lanes`: which waiting message may start: per partition or per key.
+//! - `ledger`: the contiguous prefix of finished offsets.
 //! - `process`: one message: decoding, the deadline, the handler's attempts
 //!   with retries and backoff, then the reply or the dead letter.
 //! - [`handler`]: the types a handler sees and returns.
@@ -79,7 +91,10 @@ pub mod metrics;
 mod clients;
 mod delivery;
 mod error;
+mod lanes;
+mod ledger;
 mod partitions;
+mod pipeline;
 mod process;
 mod progress;
 mod replier;

@@ -3,9 +3,14 @@
 //! while the failure is retryable) and answered: with the handler's reply,
 //! or with an error reply once the record went to the dead-letter topic.
 //!
-//! Something final is acknowledged by Kafka before [`Processor::process`]
-//! returns; that is what lets the partition task store the offset right
-//! after. Normally that is the reply, and the dead letter of a failed
+//! Processing has two steps, so that a partition's pipeline can keep the
+//! first in order and overlap the second with the next message:
+//! [`Processor::handle`] decodes, checks the deadline and runs the handler;
+//! [`Processor::deliver`] sends what the handler decided. Its first produce
+//! is enqueued on its first poll, before any await, so deliveries polled in
+//! handler order enqueue their records in handler order. Something final
+//! is acknowledged by Kafka before `deliver` returns; that is what lets the
+//! pipeline finish the message's offset right after. Normally that is the reply, and the dead letter of a failed
 //! request too. When Kafka refuses a record for good (see `delivery`), the
 //! request still ends: a reply too large gives way to a small problem
 //! reply (502, with the original size and the reason) and the request goes
@@ -14,7 +19,7 @@
 //! no dead letter — does the dead letter keep being retried, the partition
 //! reported stuck meanwhile (`progress`): skipping would lose the request.
 //!
-//! Ordering messages and storing offsets is `partitions`' concern, not
+//! Ordering messages and storing offsets is `pipeline`'s concern, not
 //! this module's.
 
 use std::panic::AssertUnwindSafe;
@@ -72,6 +77,30 @@ pub(crate) struct Processor<H> {
     metrics: Arc<Metrics>,
 }
 
+/// A message through its handler: what remains to be sent for it.
+pub(crate) struct Handled {
+    /// The record's headers, owned: a dead letter carries them on.
+    pairs: Vec<(String, Vec<u8>)>,
+    step: Step,
+}
+
+/// What [`Processor::deliver`] sends.
+enum Step {
+    /// Not a request record: the dead letter only, with why.
+    Malformed(String),
+    /// The deadline passed: a 504 reply, not processed.
+    Expired {
+        reply_to: Option<ReplyAddress>,
+        id: RequestId,
+    },
+    /// The handler ran to the end.
+    Handled {
+        reply_to: Option<ReplyAddress>,
+        id: RequestId,
+        result: Result<Reply, Failed>,
+    },
+}
+
 /// The handler's last error, after `attempts` calls.
 struct Failed {
     error: HandlerError,
@@ -93,10 +122,14 @@ impl<H: Handler> Processor<H> {
         }
     }
 
-    /// Processes `message` to the end: when this returns, something final
-    /// for it — its reply, its dead letter — was acknowledged by Kafka.
-    /// `watch` hears where the message is.
-    pub(crate) async fn process(&self, message: &OwnedMessage, watch: &Watch) -> Outcome {
+    /// The channel topic the messages come from.
+    pub(crate) fn channel(&self) -> &str {
+        &self.config.channel
+    }
+
+    /// The part of `message`'s processing kept in order: decoding, the
+    /// deadline, the handler's attempts. `watch` hears where it is.
+    pub(crate) async fn handle(&self, message: &OwnedMessage, watch: &Watch) -> Handled {
         let pairs = owned_headers(message);
         let decoded = RequestEnvelope::from_headers(
             pairs.iter().map(|(n, v)| (n.as_str(), Some(v.as_slice()))),
@@ -106,10 +139,10 @@ impl<H: Handler> Processor<H> {
             Err(error) => {
                 tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "malformed request record");
                 let error = format!("malformed request: {error}");
-                watch.delivering();
-                self.dead_letter(message, &pairs, &error, 0, false, watch)
-                    .await;
-                return Outcome::malformed;
+                return Handled {
+                    pairs,
+                    step: Step::Malformed(error),
+                };
             }
         };
         let reply_to = envelope.reply_to.clone();
@@ -119,26 +152,60 @@ impl<H: Handler> Processor<H> {
             .is_some_and(|deadline| unix_ms(SystemTime::now()) > deadline)
         {
             tracing::info!(request_id = %id, "deadline passed: not processed");
-            let detail = "the deadline passed before a worker took the request";
-            watch.delivering();
-            let answered = self
-                .answer(reply_to.as_ref(), id, &Reply::problem(504, detail), watch)
-                .await;
-            return match self.undelivered(answered) {
-                None => Outcome::expired,
-                Some((error, replied)) => {
-                    self.dead_letter(message, &pairs, &error, 0, replied, watch)
-                        .await;
-                    Outcome::undeliverable
-                }
+            return Handled {
+                pairs,
+                step: Step::Expired { reply_to, id },
             };
         }
-
         watch.handling();
-        let handled = self.attempts(self.request(message, envelope)).await;
+        let result = self.attempts(self.request(message, envelope)).await;
+        Handled {
+            pairs,
+            step: Step::Handled {
+                reply_to,
+                id,
+                result,
+            },
+        }
+    }
+
+    /// Sends what [`Processor::handle`] decided for `message`: when this
+    /// returns, something final for it — its reply, its dead letter — was
+    /// acknowledged by Kafka. The first record is enqueued on the first
+    /// poll, before any await.
+    pub(crate) async fn deliver(
+        &self,
+        message: &OwnedMessage,
+        handled: Handled,
+        watch: &Watch,
+    ) -> Outcome {
         watch.delivering();
-        match handled {
-            Ok(reply) => {
+        let Handled { pairs, step } = handled;
+        match step {
+            Step::Malformed(error) => {
+                self.dead_letter(message, &pairs, &error, 0, false, watch)
+                    .await;
+                Outcome::malformed
+            }
+            Step::Expired { reply_to, id } => {
+                let detail = "the deadline passed before a worker took the request";
+                let answered = self
+                    .answer(reply_to.as_ref(), id, &Reply::problem(504, detail), watch)
+                    .await;
+                match self.undelivered(answered) {
+                    None => Outcome::expired,
+                    Some((error, replied)) => {
+                        self.dead_letter(message, &pairs, &error, 0, replied, watch)
+                            .await;
+                        Outcome::undeliverable
+                    }
+                }
+            }
+            Step::Handled {
+                reply_to,
+                id,
+                result: Ok(reply),
+            } => {
                 let answered = self.answer(reply_to.as_ref(), id, &reply, watch).await;
                 match self.undelivered(answered) {
                     None => Outcome::replied,
@@ -149,7 +216,11 @@ impl<H: Handler> Processor<H> {
                     }
                 }
             }
-            Err(Failed { error, attempts }) => {
+            Step::Handled {
+                reply_to,
+                id,
+                result: Err(Failed { error, attempts }),
+            } => {
                 tracing::warn!(request_id = %id, attempts, %error, "handler failed; dead-lettering");
                 let detail = format!(
                     "the worker failed after {attempts} attempt(s): {}",

@@ -1,18 +1,20 @@
 //! Whether each partition makes progress, and what the worker says about
-//! it: a partition whose current message stays in process beyond a bound
-//! is *slow* while its handler runs (or waits for a handler slot) and
-//! *stuck* while what it must send — the reply, the dead letter — is not
-//! acknowledged. Slow is work, stuck is a wedge: `/healthz` stays 200 with
+//! it: a partition has several messages in process at once (handlers and
+//! unacknowledged replies are pipelined); it is *slow* while one of them
+//! stays in its handler (or waits for a handler slot) beyond a bound and
+//! *stuck* while what one of them must send — the reply, the dead letter —
+//! is not acknowledged beyond a bound. Slow is work, stuck is a wedge: `/healthz` stays 200 with
 //! the reason for a slow partition and answers 503 for a stuck one;
 //! `/metrics` has the time each partition's message has been in process
 //! and the count of slow and stuck partitions; a log line marks each
 //! change.
 //!
-//! This module only watches: the partition tasks (`partitions`) and a
-//! message's processing (`process`) tell it where a message is through a
-//! [`Watch`]; it never touches a message.
+//! This module only watches: the partition pipelines (`pipeline`) and a
+//! message's processing (`process`) tell it where each message is through
+//! its [`Watch`]; it never touches a message.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +23,7 @@ use rdkafka::error::KafkaError;
 
 use crate::metrics::{Metrics, PartitionLabels, StallLabels};
 
-/// Where a partition's current message is.
+/// Where a message in process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
     /// Taken from the queue; waiting for a handler slot.
@@ -32,10 +34,10 @@ enum Stage {
     Delivering,
 }
 
-/// A partition's current message.
+/// A message in process.
 #[derive(Clone, Debug)]
 struct Current {
-    /// When the partition took the message.
+    /// When its handler was due to start (it may wait for a slot).
     taken_at: Instant,
     stage: Stage,
     /// When `stage` began.
@@ -48,11 +50,11 @@ struct Current {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Condition {
     Progressing,
-    /// The handler has had the message longer than the bound.
+    /// A handler has had its message longer than the bound.
     Slow {
         busy: Duration,
     },
-    /// Its reply or dead letter has been unacknowledged longer than the bound.
+    /// A reply or dead letter has been unacknowledged longer than the bound.
     Stuck {
         delivering: Duration,
         last_error: Option<String>,
@@ -78,13 +80,16 @@ pub(crate) struct Bounds {
     pub(crate) stuck_after: Duration,
 }
 
-/// Every partition's current message, shared by the partition tasks and
-/// the operational endpoints.
+/// Every message in process, shared by the partition pipelines and the
+/// operational endpoints.
 pub(crate) struct Progress {
     bounds: Bounds,
     metrics: Arc<Metrics>,
-    /// By partition; a partition without a message in process is absent.
-    current: Mutex<BTreeMap<i32, Current>>,
+    /// By partition, then by watch; a partition without a message in
+    /// process is absent.
+    current: Mutex<BTreeMap<(i32, u64), Current>>,
+    /// Numbers the watches, so two messages of a partition never collide.
+    next_watch: AtomicU64,
     /// The condition last logged per partition, so each change logs once.
     logged: Mutex<BTreeMap<i32, &'static str>>,
     /// Partitions with a busy-time gauge, set back to 0 when idle.
@@ -97,36 +102,59 @@ impl Progress {
             bounds,
             metrics,
             current: Mutex::new(BTreeMap::new()),
+            next_watch: AtomicU64::new(0),
             logged: Mutex::new(BTreeMap::new()),
             gauged: Mutex::new(BTreeSet::new()),
         }
     }
 
-    /// The handle through which `partition`'s task reports its message.
-    pub(crate) fn watch(self: &Arc<Self>, partition: i32) -> Watch {
+    /// A message of `partition` is due to start its handler: the handle
+    /// through which its processing reports where it is, until it is
+    /// finished (or the handle dropped).
+    pub(crate) fn taken(self: &Arc<Self>, partition: i32) -> Watch {
+        let id = self.next_watch.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.current.lock().unwrap().insert(
+            (partition, id),
+            Current {
+                taken_at: now,
+                stage: Stage::Waiting,
+                stage_since: now,
+                last_error: None,
+            },
+        );
         Watch {
             progress: Arc::clone(self),
-            partition,
+            key: (partition, id),
         }
     }
 
-    fn update(&self, partition: i32, change: impl FnOnce(&mut Current)) {
-        if let Some(current) = self.current.lock().unwrap().get_mut(&partition) {
+    fn update(&self, key: (i32, u64), change: impl FnOnce(&mut Current)) {
+        if let Some(current) = self.current.lock().unwrap().get_mut(&key) {
             change(current);
         }
     }
 
-    /// Each partition with a message in process, and its condition at `now`.
+    /// Each partition with a message in process, how long its oldest
+    /// message has been, and its condition at `now`: stuck when one of its
+    /// messages is, else slow when one is, else progressing.
     fn conditions(&self, now: Instant) -> Vec<(i32, Duration, Condition)> {
-        self.current
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(partition, current)| {
-                let busy = now.saturating_duration_since(current.taken_at);
-                (*partition, busy, self.condition(current, now))
-            })
-            .collect()
+        let current = self.current.lock().unwrap();
+        let mut conditions: Vec<(i32, Duration, Condition)> = Vec::new();
+        for (&(partition, _), message) in current.iter() {
+            let busy = now.saturating_duration_since(message.taken_at);
+            let condition = self.condition(message, now);
+            match conditions.last_mut() {
+                Some((last, oldest, worst)) if *last == partition => {
+                    *oldest = (*oldest).max(busy);
+                    if severity(&condition) > severity(worst) {
+                        *worst = condition;
+                    }
+                }
+                _ => conditions.push((partition, busy, condition)),
+            }
+        }
+        conditions
     }
 
     fn condition(&self, current: &Current, now: Instant) -> Condition {
@@ -287,27 +315,24 @@ impl Health for Progress {
     }
 }
 
-/// One partition's reports about its current message.
+/// How bad a condition is, to report a partition's worst message; among
+/// stuck messages the longest unacknowledged, among slow ones the longest.
+fn severity(condition: &Condition) -> (u8, Duration) {
+    match condition {
+        Condition::Progressing => (0, Duration::ZERO),
+        Condition::Slow { busy } => (1, *busy),
+        Condition::Stuck { delivering, .. } => (2, *delivering),
+    }
+}
+
+/// One message's reports about where it is.
 pub(crate) struct Watch {
     progress: Arc<Progress>,
-    partition: i32,
+    /// Its partition and the watch's number.
+    key: (i32, u64),
 }
 
 impl Watch {
-    /// The partition took a new message.
-    pub(crate) fn taken(&self) {
-        let now = Instant::now();
-        self.progress.current.lock().unwrap().insert(
-            self.partition,
-            Current {
-                taken_at: now,
-                stage: Stage::Waiting,
-                stage_since: now,
-                last_error: None,
-            },
-        );
-    }
-
     /// The handler starts on the message.
     pub(crate) fn handling(&self) {
         self.stage(Stage::Handling);
@@ -319,7 +344,7 @@ impl Watch {
     }
 
     fn stage(&self, stage: Stage) {
-        self.progress.update(self.partition, |current| {
+        self.progress.update(self.key, |current| {
             if current.stage != stage {
                 current.stage = stage;
                 current.stage_since = Instant::now();
@@ -330,23 +355,19 @@ impl Watch {
     /// A produce of the message's reply or dead letter failed.
     pub(crate) fn produce_failed(&self, error: &KafkaError) {
         let error = error.to_string();
-        self.progress.update(self.partition, |current| {
+        self.progress.update(self.key, |current| {
             current.last_error = Some(error);
         });
     }
 
-    /// The message is finished: its offset is stored.
+    /// The message is finished: its reply or dead letter is acknowledged.
     pub(crate) fn finished(&self) {
-        self.progress
-            .current
-            .lock()
-            .unwrap()
-            .remove(&self.partition);
+        self.progress.current.lock().unwrap().remove(&self.key);
     }
 }
 
 impl Drop for Watch {
-    /// A task that ends (drained, aborted) has no message in process.
+    /// A message abandoned (drained, revoked, aborted) is no longer in process.
     fn drop(&mut self) {
         self.finished();
     }
@@ -369,8 +390,7 @@ mod tests {
     #[test]
     fn a_long_handler_is_slow_and_the_worker_stays_live() {
         let progress = progress();
-        let watch = progress.watch(3);
-        watch.taken();
+        let watch = progress.taken(3);
         watch.handling();
         let later = Instant::now() + Duration::from_secs(61);
         match progress.assess(later) {
@@ -383,8 +403,7 @@ mod tests {
     #[test]
     fn an_unacknowledged_reply_is_stuck_and_fails_the_worker_with_its_last_error() {
         let progress = progress();
-        let watch = progress.watch(1);
-        watch.taken();
+        let watch = progress.taken(1);
         watch.delivering();
         watch.produce_failed(&KafkaError::MessageProduction(
             rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
@@ -404,8 +423,7 @@ mod tests {
     #[test]
     fn the_gauges_show_busy_time_and_stalled_partitions() {
         let progress = progress();
-        let watch = progress.watch(0);
-        watch.taken();
+        let watch = progress.taken(0);
         watch.handling();
         progress.refresh_metrics(Instant::now() + Duration::from_secs(90));
         let text = progress.metrics.render();
@@ -424,5 +442,42 @@ mod tests {
             text.contains("osmosis_worker_partition_busy_seconds{partition=\"0\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_partition_with_a_handler_running_and_a_reply_stuck_is_reported_once_as_stuck() {
+        let progress = progress();
+        let stuck = progress.taken(2);
+        stuck.delivering();
+        let handling = progress.taken(2);
+        handling.handling();
+        let later = Instant::now() + Duration::from_secs(61);
+        let conditions = progress.conditions(later);
+        assert_eq!(conditions.len(), 1, "{conditions:?}");
+        assert!(matches!(conditions[0].2, Condition::Stuck { .. }));
+        match progress.assess(later) {
+            Liveness::Failing(reason) => assert!(reason.contains("partition 2 stuck"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        drop(stuck);
+        match progress.assess(later) {
+            Liveness::Degraded(reason) => assert!(reason.contains("partition 2 slow"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn replies_acknowledged_in_time_keep_a_pipelined_partition_progressing() {
+        let progress = progress();
+        let watches: Vec<Watch> = (0..8).map(|_| progress.taken(4)).collect();
+        for watch in &watches {
+            watch.delivering();
+        }
+        let soon = Instant::now() + Duration::from_secs(5);
+        assert_eq!(progress.assess(soon), Liveness::Ok);
+        for watch in &watches {
+            watch.finished();
+        }
+        assert!(progress.conditions(soon).is_empty());
     }
 }

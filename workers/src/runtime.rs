@@ -1,15 +1,20 @@
 //! The runtime: consume a channel, run the handler, reply, commit.
 //!
 //! Invariant: a message's offset is stored for commit only after its reply
-//! (or its dead-letter record) was acknowledged by Kafka, and offsets are
-//! stored in order within a partition because each partition is processed
-//! by one task, one message at a time. A crash therefore redelivers, never
-//! skips. Partitions run in parallel, bounded by `max_in_flight`.
+//! (or its dead-letter record) was acknowledged by Kafka, and the offset
+//! stored for a partition is the end of the contiguous prefix of such
+//! finished messages: acknowledgements are pipelined (a reply in flight
+//! does not hold the next message back) but never skipped over. A crash
+//! therefore redelivers, never skips. Handlers keep their order per
+//! partition (or per key); partitions run in parallel, handlers bounded by
+//! `max_in_flight`, each partition's unfinished messages by
+//! `max_in_flight_per_partition`.
 //!
 //! This module is the loop tying the stages together: it starts the
 //! clients (`clients`), fetches messages and queues each on its partition's
-//! task (`partitions`, which keeps the invariant; `process` handles one
-//! message), and on shutdown drains the tasks, commits and leaves the group.
+//! pipeline (`partitions` starts, revokes and drains them; `pipeline` keeps
+//! the invariant; `process` handles one message), and on shutdown drains
+//! the pipelines, commits and leaves the group.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -57,21 +62,22 @@ pub async fn run<H: Handler>(
 
     let consumer = Arc::new(consumer);
     let drain_timeout = config.drain_timeout();
-    let max_in_flight = config.max_in_flight;
     progress.spawn_logger(PROGRESS_LOG_PERIOD);
     let replier = Replier::new(producer, config.delivery_retry());
+    let partitions_config = config.clone();
     let processor = Processor::new(handler, config, replier, metrics.clone());
-    let mut partitions = Partitions::new(
+    let partitions = Partitions::new(
         processor,
         consumer.clone(),
         metrics,
         progress,
-        max_in_flight,
+        &partitions_config,
     );
-    fetch(&consumer, &mut partitions, shutdown).await;
+    consumer.context().on_revoke(Box::new(partitions.revoker()));
+    fetch(&consumer, &partitions, shutdown).await;
 
     tracing::info!(?drain_timeout, "draining: finishing in-flight messages");
-    partitions.drain(drain_timeout).await;
+    partitions.drain().await;
     if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(%error, "final commit");
     }
@@ -80,11 +86,11 @@ pub async fn run<H: Handler>(
     Ok(())
 }
 
-/// Takes messages from the consumer and queues each on its partition's task
-/// until `shutdown` resolves.
+/// Takes messages from the consumer and queues each on its partition's
+/// pipeline until `shutdown` resolves.
 async fn fetch<H: Handler>(
     consumer: &StreamConsumer<WorkerContext>,
-    partitions: &mut Partitions<H>,
+    partitions: &Partitions<H>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
