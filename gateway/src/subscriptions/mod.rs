@@ -77,10 +77,6 @@ pub enum StartAt {
 /// All live feeds of this gateway, created on first subscription.
 pub struct Subscriptions {
     client_config: ClientConfig,
-    /// The catch-ups' client settings: a prefetch of 1 MiB instead of the
-    /// live feed's 8 MiB, since a catch-up's subscriber reads at its own
-    /// pace and there may be `limits.catch_ups.max` of them.
-    catch_up_config: ClientConfig,
     buffer: usize,
     metadata_timeout: Duration,
     /// Started feeds, looked up on every subscription.
@@ -115,10 +111,7 @@ impl Subscriptions {
             ])
             .build();
         let limits = CatchUpLimits::default();
-        let mut catch_up_config = client_config.clone();
-        catch_up_config.set("queued.max.messages.kbytes", "1024");
         Self {
-            catch_up_config,
             client_config,
             buffer,
             metadata_timeout: kafka.metadata_timeout(),
@@ -267,7 +260,7 @@ impl Subscriptions {
                 SubscriptionError::TooManyCatchUps
             })?;
         let (tx, rx) = mpsc::channel(256);
-        let client_config = self.catch_up_config.clone();
+        let client_config = self.client_config.clone();
         let topic = topic.to_owned();
         let (send_timeout, metrics) = (self.catch_up_send_timeout, Arc::clone(&self.metrics));
         tokio::task::spawn_blocking(move || {
