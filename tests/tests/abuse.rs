@@ -156,6 +156,24 @@ async fn abusive_connections_and_inputs_are_bounded_and_the_gateway_keeps_servin
         "{ connections: { per_client: 48, header_read_timeout_ms: 1000, idle_timeout_ms: 3000 }, \
            catch_ups: { max: 3, send_timeout_ms: 30000 } }",
     );
+    // The catch-ups' backlog, written before anyone subscribes: enough
+    // records (32 MiB) that a catch-up outlasts the socket buffers, and
+    // none of them reaches the live feed (which would cut the catch-ups
+    // off as slow subscribers, and free their places).
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka::bootstrap())
+        .create()
+        .unwrap();
+    let value = "v".repeat(4096);
+    let sends = (0..8000).map(|_| {
+        producer.send(
+            rdkafka::producer::FutureRecord::<(), _>::to(&channel).payload(&value),
+            Duration::from_secs(10),
+        )
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.unwrap();
+    }
     let http = reqwest::Client::new();
     for i in 0..50 {
         let response = http
@@ -275,22 +293,8 @@ async fn abusive_connections_and_inputs_are_bounded_and_the_gateway_keeps_servin
         .unwrap();
     assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
 
-    // Many catch-ups that never read: beyond the cap, 503 + Retry-After.
-    // Enough records (32 MiB) that a catch-up outlasts the socket buffers.
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .create()
-        .unwrap();
-    let value = "v".repeat(4096);
-    let sends = (0..8000).map(|_| {
-        producer.send(
-            rdkafka::producer::FutureRecord::<(), _>::to(&channel).payload(&value),
-            Duration::from_secs(10),
-        )
-    });
-    for sent in futures::future::join_all(sends).await {
-        sent.unwrap();
-    }
+    // Many catch-ups that never read (of the backlog written first):
+    // beyond the cap, 503 + Retry-After.
     let mut catching_up = Vec::new();
     let mut refused = 0;
     for _ in 0..8 {
