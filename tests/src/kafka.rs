@@ -117,6 +117,29 @@ fn topic_ready(probe: &BaseConsumer, topic: &str, partitions: i32) -> bool {
 }
 
 /// Creates a fresh topic on the shared test broker.
+/// Writes `count` records keyed `<prefix><i>` (value `work`) into `topic`
+/// as one burst: all sent before any acknowledgement is awaited, so that a
+/// burst lands within one surge-watch interval rather than trickling over
+/// several; returns once every one is acknowledged.
+pub async fn produce_keyed(topic: &str, prefix: &str, count: usize) {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("producer");
+    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
+    let sends = keys.iter().map(|key| {
+        producer.send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(key)
+                .payload("work"),
+            Duration::from_secs(10),
+        )
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.map_err(|(e, _)| e).expect("record acknowledged");
+    }
+}
+
 pub async fn create_topic(prefix: &str, partitions: i32) -> String {
     create_topic_on(bootstrap(), prefix, partitions).await
 }

@@ -16,7 +16,6 @@ use osmosis_e2e::kafka;
 use osmosis_e2e::kube::{apply_crd, controller, deployment, scaler_spec};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -28,27 +27,6 @@ async fn replicas(deployments: &Api<Deployment>, name: &str) -> i32 {
         .spec
         .and_then(|s| s.replicas)
         .unwrap_or(0)
-}
-
-/// `count` messages keyed `<prefix><i>` into `topic`, each acknowledged.
-/// Writes `count` records as one burst: all sent before any acknowledgement
-/// is awaited, so that a burst lands within one surge-watch interval rather
-/// than trickling over several.
-async fn produce(topic: &str, prefix: &str, count: usize) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .create()
-        .unwrap();
-    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
-    let sends = keys.iter().map(|key| {
-        producer.send(
-            FutureRecord::to(topic).key(key).payload("work"),
-            Duration::from_secs(10),
-        )
-    });
-    for sent in futures::future::join_all(sends).await {
-        sent.map_err(|(e, _)| e).unwrap();
-    }
 }
 
 #[tokio::test]
@@ -66,7 +44,7 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
         .expect("creating the deployment");
 
     // A backlog of 400 messages, nobody consuming.
-    produce(&topic, "k", 400).await;
+    kafka::produce_keyed(&topic, "k", 400).await;
 
     let scalers: Api<ChannelScaler> = Api::namespaced(client.clone(), "default");
     let spec = scaler_spec(&name, &topic, &group);
@@ -251,7 +229,7 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
     assert_eq!(status.lag, 0);
 
     // New work activates the workload again from zero.
-    produce(&topic, "again", 60).await;
+    kafka::produce_keyed(&topic, "again", 60).await;
     eventually(WAIT, "activation from zero", || async {
         (replicas(&deployments, &name).await == 2).then_some(())
     })
@@ -304,7 +282,7 @@ async fn a_surge_is_acted_on_long_before_the_next_poll() {
     .await;
     assert_eq!(replicas(&deployments, "worker").await, 0);
 
-    produce(&topic, "k", 200).await;
+    kafka::produce_keyed(&topic, "k", 200).await;
     // 200 / 50 per replica, 4 partitions: 4, without waiting for the poll.
     eventually(WAIT, "4 replicas from the surge watch", || async {
         (replicas(&deployments, "worker").await == 4).then_some(())

@@ -25,8 +25,6 @@ use osmosis_e2e::kafka;
 use osmosis_e2e::kube::{KUBECONFIG_ENV, apply_crd, controller, deployment, scaler_spec};
 use osmosis_e2e::process::{Service, Worker};
 use osmosis_e2e::{eventually, kube::client};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -117,23 +115,6 @@ async fn create_namespace(client: &Client, name: &str) {
         .create(&PostParams::default(), &namespace.unwrap())
         .await
         .expect("creating a namespace");
-}
-
-async fn produce(topic: &str, count: usize) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .create()
-        .unwrap();
-    let keys: Vec<String> = (0..count).map(|i| format!("k{i}")).collect();
-    let sends = keys.iter().map(|key| {
-        producer.send(
-            FutureRecord::to(topic).key(key).payload("work"),
-            Duration::from_secs(10),
-        )
-    });
-    for sent in futures::future::join_all(sends).await {
-        sent.map_err(|(e, _)| e).unwrap();
-    }
 }
 
 /// A kubeconfig for the test API server that authenticates with `token`.
@@ -264,7 +245,7 @@ async fn the_controller_runs_as_the_charts_service_account_with_nothing_more() {
     );
     controller.wait_for_log("leading", WAIT);
 
-    produce(&topic, 200).await;
+    kafka::produce_keyed(&topic, "k", 200).await;
     // 200 messages, 50 per replica, 4 partitions: 4 replicas.
     eventually(WAIT, "the pool's Deployment scaled to 4", || async {
         let scale = deployments
@@ -641,7 +622,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
     let failed = http.post(url("/work")).body("w").send().await.unwrap();
     assert!(failed.status().is_server_error(), "{}", failed.status());
-    produce(&backlog, 200).await;
+    kafka::produce_keyed(&backlog, "k", 200).await;
     eventually(WAIT, "the backlog scaled", || async {
         let scale = deployments.get_scale("backlog").await.ok()?;
         (scale.spec?.replicas? > 0).then_some(())
