@@ -122,6 +122,11 @@ fn topic_ready(probe: &BaseConsumer, topic: &str, partitions: i32) -> bool {
 /// burst lands within one surge-watch interval rather than trickling over
 /// several; returns once every one is acknowledged.
 pub async fn produce_keyed(topic: &str, prefix: &str, count: usize) {
+    produce_values(topic, prefix, count, "work").await;
+}
+
+/// [`produce_keyed`] with `value` as every record's value.
+pub async fn produce_values(topic: &str, prefix: &str, count: usize, value: &str) {
     let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
@@ -131,12 +136,32 @@ pub async fn produce_keyed(topic: &str, prefix: &str, count: usize) {
         producer.send(
             rdkafka::producer::FutureRecord::to(topic)
                 .key(key)
-                .payload("work"),
-            Duration::from_secs(10),
+                .payload(value),
+            Duration::from_secs(30),
         )
     });
     for sent in futures::future::join_all(sends).await {
         sent.map_err(|(e, _)| e).expect("record acknowledged");
+    }
+}
+
+/// Deletes the records of `partition` of `topic` below `before`, as
+/// retention would.
+pub async fn delete_records(topic: &str, partition: i32, before: i64) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, partition, rdkafka::Offset::Offset(before))
+        .unwrap();
+    let deleted = admin
+        .delete_records(&offsets, &AdminOptions::new())
+        .await
+        .expect("delete_records request");
+    for entry in deleted.elements() {
+        entry.error().expect("records deleted");
     }
 }
 

@@ -360,6 +360,182 @@ async fn subscribers_share_one_feed_in_kafka_order() {
     );
 }
 
+/// Many subscribers replay the channel from its start at once, each through
+/// a buffer smaller than the history: every one gets every record exactly
+/// once, in Kafka order, and the catch-ups share one reader per topic
+/// instead of a Kafka client (with its threads) each.
+#[tokio::test]
+async fn many_catch_ups_share_one_reader_and_each_gets_every_record_once() {
+    const SUBSCRIBERS: usize = 40;
+    const RECORDS: usize = 3000;
+    let t = topics("sse.catchups").await;
+    let limits = "limits: { catch_ups: { buffer_bytes: 16384 } }\n";
+    let gateway = Gateway::start_with(
+        &(yaml(&t.channel, &t.replies, &t.feed, "") + limits),
+        &["--create-topics"],
+    );
+    kafka::produce_keyed(&t.feed, "k", RECORDS).await;
+    let replay = || {
+        EventStream::open(reqwest::Client::new().get(gateway.url(&format!(
+            "/v1/channels/{}?format=json&from=earliest",
+            t.feed
+        ))))
+    };
+    // One replay first, so that the feed, the reader and the metadata
+    // client exist before the threads are counted.
+    let mut first = replay().await;
+    first.expect("subscribed").await;
+    let (reference, _) = receive(&mut first, RECORDS).await;
+    assert_kafka_order(&reference);
+    let ends = kafka::high_watermarks(kafka::bootstrap(), &t.feed);
+    let expected: usize = ends.values().map(|end| *end as usize).sum();
+    assert_eq!(expected, RECORDS);
+    let warm_threads = threads(gateway.service.pid());
+
+    let pid = gateway.service.pid();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak_threads = tokio::spawn({
+        let stop = std::sync::Arc::clone(&stop);
+        async move {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(threads(pid));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        }
+    });
+    let replays = (0..SUBSCRIBERS).map(|_| async {
+        let mut stream = replay().await;
+        stream.expect("subscribed").await;
+        receive(&mut stream, RECORDS).await.0
+    });
+    let received = futures::future::join_all(replays).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_threads = peak_threads.await.unwrap();
+
+    let sorted = |records: &Received| {
+        let mut records = records.clone();
+        records.sort();
+        records
+    };
+    let reference = sorted(&reference);
+    for records in &received {
+        assert_kafka_order(records);
+        assert_eq!(sorted(records), reference, "every record exactly once");
+    }
+    assert!(
+        peak_threads < warm_threads + 16,
+        "{SUBSCRIBERS} catch-ups took the gateway from {warm_threads} to {peak_threads} threads"
+    );
+}
+
+/// A resume from positions retention has since deleted says so with a
+/// `lost` event naming the records, then delivers every record left.
+#[tokio::test]
+async fn a_resume_names_the_records_retention_deleted() {
+    const RECORDS: usize = 60;
+    let t = topics("sse.lost").await;
+    let gateway = t.gateway("");
+    kafka::produce_keyed(&t.feed, "k", RECORDS).await;
+    let ends = kafka::high_watermarks(kafka::bootstrap(), &t.feed);
+    let deleted = ends[&0] / 2;
+    assert!(deleted > 0, "partition 0 got records: {ends:?}");
+    kafka::delete_records(&t.feed, 0, deleted).await;
+
+    let mut stream = EventStream::open(
+        reqwest::Client::new()
+            .get(gateway.url(&format!("/v1/channels/{}?format=json", t.feed)))
+            .header("last-event-id", "0:0,1:0,2:0"),
+    )
+    .await;
+    stream.expect("subscribed").await;
+    let lost = stream.expect("lost").await;
+    assert_eq!(
+        json(&lost.data),
+        serde_json::json!({
+            "partition": 0, "from": 0, "to": deleted,
+            "reason": "retention deleted these records before they were read",
+        })
+    );
+    assert_eq!(lost.id, format!("0:{deleted},1:0,2:0"));
+    let (received, _) = receive(&mut stream, RECORDS - deleted as usize).await;
+    assert_kafka_order(&received);
+    let mut offsets: Vec<(i64, i64)> = received.iter().map(|r| (r.0, r.1)).collect();
+    offsets.sort();
+    let expected: Vec<(i64, i64)> = ends
+        .iter()
+        .flat_map(|(partition, end)| {
+            let from = if *partition == 0 { deleted } else { 0 };
+            (from..*end).map(|offset| (i64::from(*partition), offset))
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(offsets, expected, "every record left, once");
+}
+
+/// A catch-up whose subscriber stops reading is dropped when its buffer
+/// stays full: the subscriber then reads what was buffered and an
+/// `interrupted` event whose id resumes the rest, without gap or repeat.
+#[tokio::test]
+async fn a_stalled_catch_up_ends_explicitly_and_resumes_without_a_gap() {
+    // 32 MiB of history: more than the sockets buffer, so the catch-up's
+    // own buffer fills while the subscriber does not read.
+    const RECORDS: usize = 8000;
+    let t = topics("sse.stalled").await;
+    let limits = "limits: { catch_ups: { buffer_bytes: 16384, send_timeout_ms: 500 } }\n";
+    let gateway = Gateway::start_with(
+        &(yaml(&t.channel, &t.replies, &t.feed, "") + limits),
+        &["--create-topics"],
+    );
+    kafka::produce_values(&t.feed, "k", RECORDS, &"v".repeat(4096)).await;
+    let url = gateway.url(&format!("/v1/channels/{}?format=json", t.feed));
+    let mut stream =
+        EventStream::open(reqwest::Client::new().get(format!("{url}&from=earliest"))).await;
+    stream.expect("subscribed").await;
+    osmosis_e2e::eventually(WAIT, "the stalled catch-up is dropped", || async {
+        gateway
+            .metric("osmosis_gateway_limited_total{limit=\"catch_up_stalled\"}")
+            .await
+            .filter(|dropped| *dropped >= 1.0)
+    })
+    .await;
+    let mut received: Received = Vec::new();
+    let resume_at = loop {
+        let event = stream
+            .next(WAIT)
+            .await
+            .expect("the stream ends with an event, not a cut");
+        match event.event.as_str() {
+            "record" => {
+                let data = json(&event.data);
+                received.push((
+                    data["partition"].as_i64().unwrap(),
+                    data["offset"].as_i64().unwrap(),
+                    data["key"].as_str().unwrap().to_owned(),
+                    String::new(),
+                ));
+            }
+            "interrupted" => break event.id,
+            other => panic!("unexpected event {other}: {event:?}"),
+        }
+    };
+    assert!(received.len() < RECORDS, "the catch-up stopped early");
+    let mut resumed = EventStream::open(
+        reqwest::Client::new()
+            .get(&url)
+            .header("last-event-id", &resume_at),
+    )
+    .await;
+    resumed.expect("subscribed").await;
+    let (rest, _) = receive(&mut resumed, RECORDS - received.len()).await;
+    received.extend(rest.into_iter().map(|r| (r.0, r.1, r.2, String::new())));
+    assert_kafka_order(&received);
+    let keys: HashSet<&str> = received.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(keys.len(), RECORDS, "every record exactly once");
+}
+
 /// A subscriber resumes with `Last-Event-ID` after the gateway restarted:
 /// no gap, no duplicate. The shutdown itself ends the stream with an event.
 #[tokio::test]

@@ -8,7 +8,7 @@
 //!   rate:
 //!     per_client: { per_second: 100, burst: 200 }   # default: none
 //!     per_route: { per_second: 5000, burst: 10000 } # default: none
-//!   catch_ups: { max: 64, send_timeout_ms: 10000 }
+//!   catch_ups: { max: 256, buffer_bytes: 262144, send_timeout_ms: 10000 }
 //!   max_waiting_requests: 10000
 //!   shed_queue_depth: 80000
 //!   lookups: { max_concurrent: 4, queue_ms: 1000, max_ms: 5000 }
@@ -142,18 +142,25 @@ pub struct TokenBucket {
     pub burst: u32,
 }
 
-/// Catch-ups: a resumed or `from=` subscription reads Kafka on a blocking
-/// thread until it reaches the live feed.
+/// Catch-ups: a resumed or `from=` subscription reads Kafka until it
+/// reaches the live feed. One reader per topic serves every catch-up in
+/// turns; each catch-up holds at most `buffer_bytes` its subscriber has
+/// not taken, so catch-ups hold at most `max × buffer_bytes` (64 MiB by
+/// default) besides one reader's 1 MiB prefetch per topic.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatchUpLimits {
-    /// Catch-ups at once; more get 503 + Retry-After. Default 64 (tokio's
-    /// blocking pool has 512 threads, which probes and lookups share).
+    /// Catch-ups at once; more get 503 + Retry-After. Default 256.
     #[serde(default = "default_max_catch_ups")]
     pub max: usize,
-    /// Longest a catch-up waits for its subscriber to take the next event;
-    /// then the stream ends (the client resumes from its last event id).
-    /// Default 10 s.
+    /// Bytes of records a catch-up holds for its subscriber at most; the
+    /// reader reads for it again when the subscriber has taken them.
+    /// Default 262,144 (256 KiB).
+    #[serde(default = "default_catch_up_buffer_bytes")]
+    pub buffer_bytes: usize,
+    /// Longest a catch-up's buffer may stay full (its subscriber not
+    /// reading); then the stream ends with an `interrupted` event (the
+    /// client resumes from its last event id). Default 10 s.
     #[serde(default = "default_catch_up_send_timeout_ms")]
     pub send_timeout_ms: u64,
 }
@@ -162,6 +169,7 @@ impl Default for CatchUpLimits {
     fn default() -> Self {
         Self {
             max: default_max_catch_ups(),
+            buffer_bytes: default_catch_up_buffer_bytes(),
             send_timeout_ms: default_catch_up_send_timeout_ms(),
         }
     }
@@ -267,10 +275,13 @@ impl LimitsConfig {
                 ));
             }
         }
-        if self.catch_ups.max == 0 || self.catch_ups.send_timeout_ms == 0 {
+        if self.catch_ups.max == 0
+            || self.catch_ups.buffer_bytes == 0
+            || self.catch_ups.send_timeout_ms == 0
+        {
             return Err(invalid(
                 "limits.catch_ups",
-                "max and send_timeout_ms must be positive",
+                "max, buffer_bytes and send_timeout_ms must be positive",
             ));
         }
         if self.max_waiting_requests == 0 || self.shed_queue_depth == 0 {
@@ -326,7 +337,10 @@ fn default_max_headers() -> usize {
     100
 }
 fn default_max_catch_ups() -> usize {
-    64
+    256
+}
+fn default_catch_up_buffer_bytes() -> usize {
+    256 * 1024
 }
 fn default_catch_up_send_timeout_ms() -> u64 {
     10_000

@@ -103,11 +103,15 @@ async fn subscribe_channel(
             .await
             .map_err(unavailable)?,
     };
-    let catch_up = start
-        .clone()
-        .map(|start| subscriptions.catch_up(&name, start, live.snapshot.clone()))
-        .transpose()
-        .map_err(unavailable)?;
+    let catch_up = match start.clone() {
+        Some(start) => Some(
+            subscriptions
+                .catch_up(&name, start, live.snapshot.clone())
+                .await
+                .map_err(unavailable)?,
+        ),
+        None => None,
+    };
     Ok(sse::channel_stream(
         &state.streams,
         ChannelStream {

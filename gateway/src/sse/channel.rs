@@ -4,18 +4,18 @@
 
 use axum::response::Response;
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use super::context::{OpenStream, StreamContext, StreamKind};
 use super::frames::{RecordFormat, frame, record_frame, shared_record_frame, shutdown_frame};
-use crate::subscriptions::{CatchUp, ChannelEvent, LiveSubscription, Positions};
+use crate::subscriptions::{CatchUp, CatchUpReceiver, ChannelEvent, LiveSubscription, Positions};
 
 /// Everything one subscription's stream needs.
 pub struct ChannelStream {
     pub open: OpenStream,
     pub live: LiveSubscription,
     /// Records from `start` up to the live feed's snapshot, when resuming.
-    pub catch_up: Option<mpsc::Receiver<CatchUp>>,
+    pub catch_up: Option<CatchUpReceiver>,
     pub start: Option<Positions>,
     /// Only records with exactly this key.
     pub key: Option<Bytes>,

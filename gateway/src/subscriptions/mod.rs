@@ -12,33 +12,41 @@
 //! snapshot on: the two meet exactly.
 
 //!
+//! Catch-ups share one reader per topic (`reader`): a resuming subscriber
+//! costs its bounded buffer, not a Kafka client and a thread.
+//!
 //! # Layout
 //! - [`positions`]: the position vector and its `Last-Event-ID` text.
 //! - [`event`]: one record as subscribers get it, and the errors (a leaf).
-//! - `catch_up`: the Kafka reads of resumes and start positions.
+//! - `reader`: the catch-up reader of a topic, serving every catch-up.
+//! - `watermarks`: the partitions' log starts and ends.
 //! - this file: the live feeds and what a subscriber is handed.
 
-mod catch_up;
 pub mod event;
 pub mod positions;
+mod reader;
+mod watermarks;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use osmosis_support::kafka::ClientSettings;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 
 pub use event::{CatchUp, ChannelEvent, SubscriptionError};
 pub use positions::{InvalidPositions, Positions};
+pub use reader::CatchUpReceiver;
 
 use crate::config::{CatchUpLimits, KafkaConfig};
 use crate::metrics::{Limit, Metrics};
-use catch_up::{Ended, read_range, watermarks};
+use reader::{Cursor, Range, Reader};
+use watermarks::watermarks;
 
 /// The live feed of one topic.
 pub struct Feed {
@@ -74,7 +82,15 @@ pub enum StartAt {
     Time(i64),
 }
 
-/// All live feeds of this gateway, created on first subscription.
+/// Watermark and time lookups running at once.
+const LOOKUPS_AT_ONCE: usize = 4;
+
+/// Where a topic's catch-up reader takes new cursors, and what subscribers
+/// signal when they take an event.
+type ReaderHandle = (mpsc::UnboundedSender<Cursor>, Arc<Notify>);
+
+/// All live feeds of this gateway, created on first subscription, and the
+/// catch-up readers, one per topic.
 pub struct Subscriptions {
     client_config: ClientConfig,
     buffer: usize,
@@ -83,11 +99,18 @@ pub struct Subscriptions {
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     /// Serialises starting feeds, so that one topic never gets two.
     starting: tokio::sync::Mutex<()>,
-    /// One permit per catch-up reading Kafka (each holds a Kafka client
-    /// and a blocking thread): the catch-up cap.
+    /// The client every watermark and time lookup shares, made on first
+    /// use.
+    metadata: Mutex<Option<Arc<BaseConsumer>>>,
+    /// Lookups on blocking threads at once: a burst of subscriptions
+    /// queues here instead of taking a thread each.
+    lookups: tokio::sync::Semaphore,
+    /// Each topic's catch-up reader: where its new cursors go, and what
+    /// subscribers signal when they take an event.
+    readers: Mutex<HashMap<String, ReaderHandle>>,
+    /// One permit per catch-up under way: the catch-up cap.
     catch_ups: Arc<tokio::sync::Semaphore>,
-    /// Longest a catch-up waits for its subscriber to take an event.
-    catch_up_send_timeout: Duration,
+    limits: CatchUpLimits,
     /// Counts the catch-up bounds when they bite.
     metrics: Arc<Metrics>,
 }
@@ -117,18 +140,51 @@ impl Subscriptions {
             metadata_timeout: kafka.metadata_timeout(),
             feeds: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
+            metadata: Mutex::new(None),
+            lookups: tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE),
+            readers: Mutex::new(HashMap::new()),
             catch_ups: Arc::new(tokio::sync::Semaphore::new(limits.max)),
-            catch_up_send_timeout: Duration::from_millis(limits.send_timeout_ms),
+            limits,
             metrics: Arc::default(),
         }
     }
 
-    /// The catch-up cap and send timeout, counted in `metrics`.
+    /// The catch-up cap, buffers and send timeout, counted in `metrics`.
     pub fn with_catch_up_limits(mut self, limits: &CatchUpLimits, metrics: Arc<Metrics>) -> Self {
         self.catch_ups = Arc::new(tokio::sync::Semaphore::new(limits.max));
-        self.catch_up_send_timeout = Duration::from_millis(limits.send_timeout_ms);
+        self.limits = limits.clone();
         self.metrics = metrics;
         self
+    }
+
+    /// Runs `read` with the shared metadata client on a blocking thread.
+    async fn lookup<T: Send + 'static>(
+        &self,
+        topic: &str,
+        read: impl FnOnce(&BaseConsumer, Duration) -> Result<T, KafkaError> + Send + 'static,
+    ) -> Result<T, SubscriptionError> {
+        let failed = |source| SubscriptionError::Kafka {
+            topic: topic.to_owned(),
+            source,
+        };
+        let client = {
+            let mut metadata = self.metadata.lock().unwrap();
+            match &*metadata {
+                Some(client) => Arc::clone(client),
+                None => {
+                    let client: Arc<BaseConsumer> =
+                        Arc::new(self.client_config.create().map_err(failed)?);
+                    *metadata = Some(Arc::clone(&client));
+                    client
+                }
+            }
+        };
+        let timeout = self.metadata_timeout;
+        let _turn = self.lookups.acquire().await.expect("never closed");
+        tokio::task::spawn_blocking(move || read(&client, timeout))
+            .await
+            .expect("metadata task panicked")
+            .map_err(failed)
     }
 
     /// The live feed of `topic`, started from the topic's current end.
@@ -145,23 +201,16 @@ impl Subscriptions {
             source,
         };
         let consumer: StreamConsumer = self.client_config.create().map_err(failed)?;
-        let (client_config, topic_name, timeout) = (
-            self.client_config.clone(),
-            topic.to_owned(),
-            self.metadata_timeout,
-        );
-        let ends = tokio::task::spawn_blocking(move || {
-            watermarks(&client_config, &topic_name, timeout).map(|w| {
+        let name = topic.to_owned();
+        let ends = self
+            .lookup(topic, move |client, timeout| {
                 let mut ends = Positions::default();
-                for (partition, (_, high)) in w {
+                for (partition, (_, high)) in watermarks(client, &name, timeout)? {
                     ends.set(partition, high);
                 }
-                ends
+                Ok(ends)
             })
-        })
-        .await
-        .expect("metadata task panicked")
-        .map_err(failed)?;
+            .await?;
         if ends.is_empty() {
             return Err(SubscriptionError::NoPartitions(topic.to_owned()));
         }
@@ -192,92 +241,128 @@ impl Subscriptions {
         topic: &str,
         from: StartAt,
     ) -> Result<Option<Positions>, SubscriptionError> {
-        let (client_config, topic_name, timeout) = (
-            self.client_config.clone(),
-            topic.to_owned(),
-            self.metadata_timeout,
-        );
-        let failed = |source| SubscriptionError::Kafka {
-            topic: topic.to_owned(),
-            source,
-        };
+        let name = topic.to_owned();
         match from {
             StartAt::Latest => Ok(None),
-            StartAt::Earliest => tokio::task::spawn_blocking(move || {
-                watermarks(&client_config, &topic_name, timeout).map(|w| {
+            StartAt::Earliest => {
+                self.lookup(topic, move |client, timeout| {
                     let mut start = Positions::default();
-                    for (partition, (low, _)) in w {
+                    for (partition, (low, _)) in watermarks(client, &name, timeout)? {
                         start.set(partition, low);
                     }
-                    Some(start)
+                    Ok(Some(start))
                 })
-            })
-            .await
-            .expect("metadata task panicked")
-            .map_err(failed),
-            StartAt::Time(millis) => tokio::task::spawn_blocking(move || {
-                let consumer: BaseConsumer = client_config.create()?;
-                let w = watermarks(&client_config, &topic_name, timeout)?;
-                let mut query = TopicPartitionList::new();
-                for partition in w.keys() {
-                    query.add_partition_offset(&topic_name, *partition, Offset::Offset(millis))?;
-                }
-                let found = consumer.offsets_for_times(query, timeout)?;
-                let mut start = Positions::default();
-                for (partition, (_, high)) in w {
-                    let next = match found
-                        .find_partition(&topic_name, partition)
-                        .map(|e| e.offset())
-                    {
-                        Some(Offset::Offset(offset)) => offset,
-                        // Nothing at or after that time: from the end.
-                        _ => high,
-                    };
-                    start.set(partition, next);
-                }
-                Ok(Some(start))
-            })
-            .await
-            .expect("metadata task panicked")
-            .map_err(failed),
+                .await
+            }
+            StartAt::Time(millis) => {
+                self.lookup(topic, move |client, timeout| {
+                    let w = watermarks(client, &name, timeout)?;
+                    let mut query = TopicPartitionList::new();
+                    for partition in w.keys() {
+                        query.add_partition_offset(&name, *partition, Offset::Offset(millis))?;
+                    }
+                    let found = client.offsets_for_times(query, timeout)?;
+                    let mut start = Positions::default();
+                    for (partition, (_, high)) in w {
+                        let next = match found.find_partition(&name, partition).map(|e| e.offset())
+                        {
+                            Some(Offset::Offset(offset)) => offset,
+                            // Nothing at or after that time: from the end.
+                            _ => high,
+                        };
+                        start.set(partition, next);
+                    }
+                    Ok(Some(start))
+                })
+                .await
+            }
         }
     }
 
     /// Reads `[start, until)` of every partition from Kafka, in offset order
-    /// per partition, into a bounded channel the subscriber drains; ends
-    /// with [`CatchUp::Done`] only when every record was handed over.
-    /// Refused when the catch-up cap is reached.
-    pub fn catch_up(
+    /// per partition, into a buffer the subscriber drains; ends with
+    /// [`CatchUp::Done`] only when every record was handed over. Refused
+    /// when the catch-up cap is reached. Partitions `start` does not name
+    /// are read from the log's start.
+    pub async fn catch_up(
         &self,
         topic: &str,
         start: Positions,
         until: Positions,
-    ) -> Result<mpsc::Receiver<CatchUp>, SubscriptionError> {
+    ) -> Result<CatchUpReceiver, SubscriptionError> {
         let permit = Arc::clone(&self.catch_ups)
             .try_acquire_owned()
             .map_err(|_| {
                 self.metrics.limited(Limit::CatchUps);
                 SubscriptionError::TooManyCatchUps
             })?;
-        let (tx, rx) = mpsc::channel(256);
-        let client_config = self.client_config.clone();
-        let topic = topic.to_owned();
-        let (send_timeout, metrics) = (self.catch_up_send_timeout, Arc::clone(&self.metrics));
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let ended = read_range(&client_config, &topic, &start, &until, &tx, send_timeout);
-            let last = match ended {
-                Ok(Ended::Complete) => CatchUp::Done,
-                Ok(Ended::Stalled) => {
-                    metrics.limited(Limit::CatchUpStalled);
-                    return;
-                }
-                Ok(Ended::SubscriberGone | Ended::NoProgress) => return,
-                Err(source) => CatchUp::Failed(SubscriptionError::Kafka { topic, source }),
-            };
-            let _ = tx.blocking_send(last);
-        });
-        Ok(rx)
+        let mut remaining = BTreeMap::new();
+        for (partition, end) in until.iter() {
+            let from = start.get(partition);
+            let next = from.unwrap_or(0);
+            if next < end {
+                let report_loss = from.is_some();
+                remaining.insert(
+                    partition,
+                    Range {
+                        next,
+                        end,
+                        report_loss,
+                    },
+                );
+            }
+        }
+        let (new, room) = self.reader(topic)?;
+        let partitions: Vec<i32> = remaining.keys().copied().collect();
+        let (mut cursor, receiver) = reader::cursor(remaining, room, permit);
+        if !partitions.is_empty() {
+            let name = topic.to_owned();
+            let lows = self
+                .lookup(topic, move |client, timeout| {
+                    let mut lows = BTreeMap::new();
+                    for partition in partitions {
+                        let (low, _) = client.fetch_watermarks(&name, partition, timeout)?;
+                        lows.insert(partition, low);
+                    }
+                    Ok(lows)
+                })
+                .await?;
+            cursor.skip_deleted(&lows);
+        }
+        if cursor.is_complete() {
+            cursor.finish(CatchUp::Done);
+        } else if new.send(cursor).is_err() {
+            unreachable!("a topic's reader runs as long as its subscriptions");
+        }
+        Ok(receiver)
+    }
+
+    /// The catch-up reader of `topic`, started if it is not yet.
+    fn reader(&self, topic: &str) -> Result<ReaderHandle, SubscriptionError> {
+        let mut readers = self.readers.lock().unwrap();
+        if let Some((new, room)) = readers.get(topic) {
+            return Ok((new.clone(), Arc::clone(room)));
+        }
+        let consumer: StreamConsumer = reader::reader_client(&self.client_config)
+            .create()
+            .map_err(|source| SubscriptionError::Kafka {
+                topic: topic.to_owned(),
+                source,
+            })?;
+        let (new, cursors) = mpsc::unbounded_channel();
+        let room = Arc::new(Notify::new());
+        let reader = Reader {
+            topic: topic.to_owned(),
+            consumer,
+            new: cursors,
+            room: Arc::clone(&room),
+            buffer_bytes: self.limits.buffer_bytes,
+            send_timeout: Duration::from_millis(self.limits.send_timeout_ms),
+            metrics: Arc::clone(&self.metrics),
+        };
+        tokio::spawn(reader.run());
+        readers.insert(topic.to_owned(), (new.clone(), Arc::clone(&room)));
+        Ok((new, room))
     }
 }
 
