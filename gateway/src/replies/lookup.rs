@@ -149,6 +149,10 @@ impl ReplyLog {
         consumer.assign(&assignment)?;
         let key = id.to_string();
         let mut owner = None;
+        // A reply can land before its `accepted` marker (the marker is
+        // written while the worker works): the owner may follow it.
+        let mut replied = None;
+        let mut progressed = false;
         let mut read = 0u64;
         let deadline = Instant::now() + self.max_time;
         let mut position = start;
@@ -166,15 +170,22 @@ impl ReplyLog {
                 continue;
             };
             match event.envelope.kind {
-                EventKind::Final => {
-                    let owner = owner.unwrap_or(Owner::Unknown);
-                    return Ok(Lookup::Replied(Arc::new(event), owner));
+                EventKind::Final => match owner {
+                    Some(owner) => return Ok(Lookup::Replied(Arc::new(event), owner)),
+                    None => replied = Some(event),
+                },
+                EventKind::Accepted => {
+                    let marker = Owner::of_marker(&event);
+                    if let Some(reply) = replied {
+                        return Ok(Lookup::Replied(Arc::new(reply), marker));
+                    }
+                    owner = Some(marker);
                 }
-                EventKind::Accepted => owner = Some(Owner::of_marker(&event)),
-                EventKind::Progress => {
-                    owner.get_or_insert(Owner::Unknown);
-                }
+                EventKind::Progress => progressed = true,
             }
+        }
+        if let Some(reply) = replied {
+            return Ok(Lookup::Replied(Arc::new(reply), Owner::Unknown));
         }
         if position < high {
             // Stopped by a bound: the final reply may lie further on.
@@ -182,6 +193,7 @@ impl ReplyLog {
         }
         Ok(match owner {
             Some(owner) => Lookup::Pending(owner),
+            None if progressed => Lookup::Pending(Owner::Unknown),
             None => Lookup::Unknown,
         })
     }

@@ -36,8 +36,9 @@ pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
     Router::new().route("/v1/requests/{id}", status)
 }
 
-/// Request mode: write the request, then its `accepted` marker, then wait
-/// for the reply as long as the client prefers, or stream its events.
+/// Request mode: write the request, then its `accepted` marker while
+/// waiting for the reply as long as the client prefers, or stream its
+/// events.
 /// The reply is `caller`'s: only that caller reads it later.
 pub(super) async fn send_and_wait(
     state: &AppState,
@@ -82,15 +83,14 @@ pub(super) async fn send_and_wait(
     let mut waiting = hub.wait_for(id, owner);
     let stored = state.write(route, id, request.record).await?;
     let accepted_json = Accepted::new(id, &route.channel, stored, false).to_json();
-    let marker_offset = hub
-        .mark_accepted(
-            id,
-            &reply_to,
-            accepted_json.clone(),
-            caller.map(|caller| caller.subject.as_str()),
-        )
-        .await;
+    let marking = hub.mark_accepted(
+        id,
+        &reply_to,
+        accepted_json.clone(),
+        caller.map(|caller| caller.subject.as_str()),
+    );
     if let Some(open) = open {
+        let marker_offset = marking.await;
         return Ok(sse::own_request_stream(
             &state.streams,
             open,
@@ -99,16 +99,22 @@ pub(super) async fn send_and_wait(
         ));
     }
     let preference = Preference::parse(&head.headers, route.timeout, route.max_wait);
-    let reply = match preference.respond_async {
-        true => None,
-        false => {
-            tokio::select! {
-                reply = final_reply(&mut waiting, preference.wait) => reply,
-                // The gateway is stopping: the reply is polled elsewhere.
-                () = state.grace_ending.cancelled() => None,
+    let wait = async {
+        match preference.respond_async {
+            true => None,
+            false => {
+                tokio::select! {
+                    reply = final_reply(&mut waiting, preference.wait) => reply,
+                    // The gateway is stopping: the reply is polled elsewhere.
+                    () = state.grace_ending.cancelled() => None,
+                }
             }
         }
     };
+    // The marker is written while the worker works, off the round trip's
+    // critical path; the client still hears nothing before it is written,
+    // so any instance answers for the id once the client knows it.
+    let (_, reply) = tokio::join!(marking, wait);
     Ok(match reply {
         Some(reply) => reply_response(&reply),
         None => {
