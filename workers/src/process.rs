@@ -189,32 +189,21 @@ impl<H: Handler> Processor<H> {
             }
             Step::Expired { reply_to, id } => {
                 let detail = "the deadline passed before a worker took the request";
-                let answered = self
-                    .answer(reply_to.as_ref(), id, &Reply::problem(504, detail), watch)
-                    .await;
-                match self.undelivered(answered) {
-                    None => Outcome::expired,
-                    Some((error, replied)) => {
-                        self.dead_letter(message, &pairs, &error, 0, replied, watch)
-                            .await;
-                        Outcome::undeliverable
-                    }
-                }
+                let reply = Reply::problem(504, detail);
+                let answer = (reply_to.as_ref(), id, &reply);
+                self.answer_or_dead_letter(message, &pairs, answer, watch)
+                    .await
+                    .unwrap_or(Outcome::expired)
             }
             Step::Handled {
                 reply_to,
                 id,
                 result: Ok(reply),
             } => {
-                let answered = self.answer(reply_to.as_ref(), id, &reply, watch).await;
-                match self.undelivered(answered) {
-                    None => Outcome::replied,
-                    Some((error, replied)) => {
-                        self.dead_letter(message, &pairs, &error, 0, replied, watch)
-                            .await;
-                        Outcome::undeliverable
-                    }
-                }
+                let answer = (reply_to.as_ref(), id, &reply);
+                self.answer_or_dead_letter(message, &pairs, answer, watch)
+                    .await
+                    .unwrap_or(Outcome::replied)
             }
             Step::Handled {
                 reply_to,
@@ -247,6 +236,23 @@ impl<H: Handler> Processor<H> {
     /// When the reply did not go out as written: counts and logs it, and
     /// returns the dead letter's error text and whether the client got a
     /// replacement reply.
+    /// Sends `answer` (where, for which request, what); when it cannot be
+    /// delivered, dead-letters `message` instead and says so
+    /// (`Some(undeliverable)`).
+    async fn answer_or_dead_letter(
+        &self,
+        message: &OwnedMessage,
+        pairs: &[(String, Vec<u8>)],
+        (reply_to, id, reply): (Option<&ReplyAddress>, RequestId, &Reply),
+        watch: &Watch,
+    ) -> Option<Outcome> {
+        let answered = self.answer(reply_to, id, reply, watch).await;
+        let (error, replied) = self.undelivered(answered)?;
+        self.dead_letter(message, pairs, &error, 0, replied, watch)
+            .await;
+        Some(Outcome::undeliverable)
+    }
+
     fn undelivered(&self, answered: Answered) -> Option<(String, bool)> {
         let (refused, replied) = match answered {
             Answered::Sent | Answered::NotExpected => return None,
