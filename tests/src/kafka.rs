@@ -139,6 +139,29 @@ pub async fn produce_keyed(topic: &str, prefix: &str, count: usize) {
     }
 }
 
+/// Consumes `count` records of `topic` on the shared test broker as a
+/// member of `group`, committing each: what workers that drained the
+/// channel leave behind. The member leaves the group on return.
+pub async fn drain(topic: &str, group: &str, count: usize) {
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribing");
+    for _ in 0..count {
+        let message = tokio::time::timeout(Duration::from_secs(90), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no record of {topic} within 90 s"))
+            .expect("a record");
+        consumer
+            .commit_message(&message, rdkafka::consumer::CommitMode::Sync)
+            .expect("committing");
+    }
+}
+
 /// Creates a fresh topic on the shared test broker.
 pub async fn create_topic(prefix: &str, partitions: i32) -> String {
     create_topic_on(bootstrap(), prefix, partitions).await
