@@ -217,6 +217,11 @@ up() {
   if ! $formatted; then
     format
   fi
+  # A restart appends to the log: wait_ready must not take the previous
+  # run's start line for this one's.
+  if [ -f "$LOG_FILE" ]; then
+    mv "$LOG_FILE" "$LOG_FILE.previous"
+  fi
   log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT${KAFKA_SASL_SSL_PORT:+ (SASL_SSL on 127.0.0.1:$KAFKA_SASL_SSL_PORT)} (state in $STATE_DIR)"
   nohup java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$STATE_DIR/log4j2.properties" \

@@ -63,6 +63,16 @@ struct ControllerArgs {
     /// This replica's identity in the Lease (default: POD_NAME, else the pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Seconds the Lease stays valid after the leader last renewed it: how
+    /// long the other replicas wait when the leader dies without releasing
+    /// it. The leader renews a third of this before it expires.
+    #[arg(
+        long,
+        env = "OSMOSIS_AUTOSCALER_LEASE_DURATION_SECONDS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(3..)
+    )]
+    lease_duration_seconds: u64,
 }
 
 #[derive(Args)]
@@ -143,8 +153,8 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
         .with_namespace(&args.lease_namespace)
         .with_identity(&identity)
-        .with_duration(15)
-        .with_grace(5)
+        .with_duration(args.lease_duration_seconds)
+        .with_grace(args.lease_duration_seconds / 3)
         .build()
         .await
         .context("setting up leader election")?;

@@ -20,8 +20,9 @@
 //!    count exactly when the demand needs it.
 //! 5. `minReplicas`/`maxReplicas`. On the first observation after a
 //!    measurement gap, no scale-down: hold rather than act on it.
-//! 6. HPA-v2-style behaviour: per-direction stabilisation windows and rate
-//!    policies.
+//! 6. HPA-v2-style behaviour: per-direction stabilisation windows (a fresh
+//!    memory counts the replicas it found as recommended within them) and
+//!    rate policies.
 //!
 //! This file holds rules 1 to 5 and [`decide`]; the types the policy takes
 //! and returns are in `types`, rule 6 in `behavior`.

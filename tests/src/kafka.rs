@@ -116,7 +116,6 @@ fn topic_ready(probe: &BaseConsumer, topic: &str, partitions: i32) -> bool {
         })
 }
 
-/// Creates a fresh topic on the shared test broker.
 /// Writes `count` records keyed `<prefix><i>` (value `work`) into `topic`
 /// as one burst: all sent before any acknowledgement is awaited, so that a
 /// burst lands within one surge-watch interval rather than trickling over
@@ -165,6 +164,30 @@ pub async fn delete_records(topic: &str, partition: i32, before: i64) {
     }
 }
 
+/// Consumes `count` records of `topic` on the shared test broker as a
+/// member of `group`, committing each: what workers that drained the
+/// channel leave behind. The member leaves the group on return.
+pub async fn drain(topic: &str, group: &str, count: usize) {
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribing");
+    for _ in 0..count {
+        let message = tokio::time::timeout(Duration::from_secs(90), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no record of {topic} within 90 s"))
+            .expect("a record");
+        consumer
+            .commit_message(&message, rdkafka::consumer::CommitMode::Sync)
+            .expect("committing");
+    }
+}
+
+/// Creates a fresh topic on the shared test broker.
 pub async fn create_topic(prefix: &str, partitions: i32) -> String {
     create_topic_on(bootstrap(), prefix, partitions).await
 }
@@ -294,7 +317,8 @@ pub fn high_watermarks(brokers: &str, topic: &str) -> HashMap<i32, i64> {
 }
 
 /// A broker of a test's own, started with the project's script on its own
-/// port and state directory, which the test may stop and start again.
+/// port and state directory, which the test may stop, freeze, kill and
+/// start again.
 pub struct DedicatedKafka {
     port: u16,
     controller_port: u16,
@@ -339,15 +363,36 @@ impl DedicatedKafka {
         self.signal(nix::sys::signal::Signal::SIGCONT);
     }
 
-    fn signal(&self, signal: nix::sys::signal::Signal) {
+    /// Kills the broker (SIGKILL: no orderly shutdown, so its next start
+    /// recovers its logs as after a crash) and returns once the process is
+    /// gone, so that [`Self::up`] can start it again on its ports and data.
+    pub fn kill(&self) {
+        let pid = self.pid();
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Signal 0 fails once the process is gone (and reaped: the broker
+        // is not our child, its parent was the script).
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the broker outlived SIGKILL for 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
         let pid_file = self.state_dir.path().join("kafka.pid");
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .expect("the broker's pid file")
             .trim()
             .parse()
             .expect("a pid");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-            .expect("signalling the broker");
+        nix::unistd::Pid::from_raw(pid)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("signalling the broker");
     }
 
     fn script(&self, verb: &str) {

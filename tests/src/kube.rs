@@ -1,14 +1,18 @@
 //! The real Kubernetes API server the tests run against (`scripts/kube.sh`),
-//! and what controller tests share: the CRD, a target Deployment, a
-//! controller process.
+//! and what controller tests share: the CRD, a target Deployment (alone in
+//! a namespace, with its scaler: a [`Workload`]) and the history of its
+//! replicas, controller processes.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, CustomResourceExt};
 use osmosis_autoscaler::crd::{
     ChannelScaler, ChannelScalerSpec, KafkaConnection, ScaleTargetRef, ScalingBehavior,
@@ -80,17 +84,28 @@ pub async fn apply_crd(client: &Client) {
 /// A controller for the ChannelScalers of `namespace` (a Lease of its own),
 /// and the address of its `/metrics`.
 pub fn controller(namespace: &str) -> (Service, String) {
+    let lease = format!("osmosis-autoscaler-{namespace}-{}", std::process::id());
+    controller_replica(namespace, &lease, &[])
+}
+
+/// One replica of a controller for the ChannelScalers of `namespace` that
+/// elects its leader on the Lease `lease`, started with `extra` arguments
+/// (`--identity`, `--lease-duration-seconds`...), and the address of its
+/// `/metrics`, once it listens (it may still wait for the Lease).
+pub fn controller_replica(namespace: &str, lease: &str, extra: &[&str]) -> (Service, String) {
+    let mut args = vec![
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--namespace",
+        namespace,
+        "--lease-name",
+        lease,
+    ];
+    args.extend_from_slice(extra);
     let controller = Service::spawn(
         "osmosis-autoscaler",
-        &[
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--namespace",
-            namespace,
-            "--lease-name",
-            &format!("osmosis-autoscaler-{namespace}-{}", std::process::id()),
-        ],
+        &args,
         &[(
             "KUBECONFIG",
             std::env::var(KUBECONFIG_ENV).unwrap_or_else(|_| {
@@ -103,6 +118,136 @@ pub fn controller(namespace: &str) -> (Service, String) {
         .unwrap()
         .to_owned();
     (controller, metrics_addr)
+}
+
+/// Creates the namespace `name`: a test's own, for objects (and
+/// controllers watching them) apart from every other test's.
+pub async fn create_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace = serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }));
+    namespaces
+        .create(&PostParams::default(), &namespace.unwrap())
+        .await
+        .expect("creating a namespace");
+}
+
+/// What a controller test scales, apart from every other test: a fresh
+/// channel topic, its workers' consumer group, and a namespace of its own
+/// (which only that test's controllers watch) holding a ChannelScaler and
+/// its Deployment, both called `worker`.
+pub struct Workload {
+    pub client: Client,
+    pub topic: String,
+    pub group: String,
+    pub namespace: String,
+    pub deployments: Api<Deployment>,
+    pub scalers: Api<ChannelScaler>,
+}
+
+impl Workload {
+    /// A topic `<prefix>.<id>` of `partitions`, a namespace `<prefix>-<id>`,
+    /// the Deployment at zero replicas, and a scaler of `spec` (see
+    /// [`scaler_spec`]) that `adjust` may change first.
+    pub async fn create(
+        prefix: &str,
+        partitions: i32,
+        adjust: impl FnOnce(&mut ChannelScalerSpec),
+    ) -> Self {
+        let client = client().await;
+        apply_crd(&client).await;
+        let topic = kafka::create_topic(prefix, partitions).await;
+        let group = format!("{topic}.workers");
+        let namespace = format!("{prefix}-{}", &topic[topic.len() - 8..]);
+        create_namespace(&client, &namespace).await;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+        deployments
+            .create(&PostParams::default(), &deployment("worker"))
+            .await
+            .expect("creating the deployment");
+        let mut spec = scaler_spec("worker", &topic, &group);
+        adjust(&mut spec);
+        let scalers: Api<ChannelScaler> = Api::namespaced(client.clone(), &namespace);
+        scalers
+            .create(&PostParams::default(), &ChannelScaler::new("worker", spec))
+            .await
+            .expect("creating the scaler");
+        Self {
+            client,
+            topic,
+            group,
+            namespace,
+            deployments,
+            scalers,
+        }
+    }
+
+    /// The Deployment's replicas now.
+    pub async fn replicas(&self) -> i32 {
+        let deployment = self.deployments.get("worker").await;
+        deployment
+            .expect("the deployment")
+            .spec
+            .and_then(|s| s.replicas)
+            .unwrap_or(0)
+    }
+
+    /// Deletes the namespace and all in it.
+    pub async fn delete(self) {
+        Api::<Namespace>::all(self.client)
+            .delete(&self.namespace, &Default::default())
+            .await
+            .expect("deleting the namespace");
+    }
+}
+
+/// Every value a Deployment's `spec.replicas` took, in order, as a watch
+/// saw them from its creation on: a scale that was undone between two
+/// reads of the Deployment shows here.
+pub struct ReplicaHistory {
+    values: Arc<Mutex<Vec<i32>>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl ReplicaHistory {
+    /// Watches Deployment `name` and returns once the watch has its first
+    /// value.
+    pub async fn watch(deployments: Api<Deployment>, name: &str) -> Self {
+        let values = Arc::new(Mutex::new(Vec::new()));
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let watch = tokio::spawn({
+            let values = Arc::clone(&values);
+            async move {
+                let mut deployments =
+                    std::pin::pin!(watcher(deployments, config).applied_objects());
+                while let Some(deployment) = deployments.next().await {
+                    let Ok(deployment) = deployment else { continue };
+                    let replicas = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
+                    let mut values = values.lock().unwrap();
+                    if values.last() != Some(&replicas) {
+                        values.push(replicas);
+                    }
+                }
+            }
+        });
+        let history = Self { values, watch };
+        crate::eventually(
+            Duration::from_secs(30),
+            &format!("a watch on Deployment {name}"),
+            || async { (!history.values().is_empty()).then_some(()) },
+        )
+        .await;
+        history
+    }
+
+    pub fn values(&self) -> Vec<i32> {
+        self.values.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ReplicaHistory {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
 }
 
 /// A ChannelScaler spec scaling Deployment `target` on `topic` as `group`

@@ -4,10 +4,12 @@
 //! # Layout
 //! - [`kafka`]: the shared test broker (from `OSMOSIS_TEST_KAFKA`), fresh
 //!   topics per test, reading records back, and a [`kafka::DedicatedKafka`]
-//!   that a test may stop and restart.
+//!   that a test may stop, freeze, kill and restart.
 //! - [`process`]: the gateway and worker binaries as child processes whose
 //!   logs are kept and printed when a test fails.
 //! - [`sse`]: reading event streams with a real SSE parser.
+//! - [`load`]: publishers, request-mode callers, subscribers and probes
+//!   for the fault matrix, and its invariant checked against Kafka.
 //! - [`secure_kafka`]: the test broker's SASL_SSL listener (SCRAM over
 //!   TLS, from `OSMOSIS_TEST_KAFKA_SASL_SSL` and its CA and credentials).
 //! - [`kube`]: the test Kubernetes API server (from `OSMOSIS_TEST_KUBECONFIG`).
@@ -18,6 +20,7 @@
 pub mod browser;
 pub mod kafka;
 pub mod kube;
+pub mod load;
 pub mod process;
 pub mod secure_kafka;
 pub mod sse;

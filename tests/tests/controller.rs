@@ -8,14 +8,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use osmosis_autoscaler::crd::{ChannelScaler, SecretRef};
 use osmosis_e2e::eventually;
 use osmosis_e2e::kafka;
-use osmosis_e2e::kube::{apply_crd, controller, deployment, scaler_spec};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use osmosis_e2e::kube::{Workload, apply_crd, controller, deployment, scaler_spec};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -200,22 +198,7 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
     assert_eq!(replicas(&deployments, &contested).await, 0);
 
     // Workers drain the channel: a real consumer group commits everything.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&topic]).unwrap();
-    for _ in 0..400 {
-        let message = tokio::time::timeout(WAIT, consumer.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        consumer.commit_message(&message, CommitMode::Sync).unwrap();
-    }
-    drop(consumer);
+    kafka::drain(&topic, &group, 400).await;
 
     eventually(WAIT, "zero replicas once drained and idle", || async {
         (replicas(&deployments, &name).await == 0).then_some(())
@@ -244,48 +227,22 @@ async fn a_backlog_scales_a_deployment_up_and_a_drained_channel_down_to_zero() {
 
 #[tokio::test]
 async fn a_surge_is_acted_on_long_before_the_next_poll() {
-    let client = osmosis_e2e::kube::client().await;
-    apply_crd(&client).await;
-    let topic = kafka::create_topic("surge", 4).await;
-    let suffix = &topic[topic.len() - 8..];
-    // A namespace of its own: this test's controller reconciles nothing else.
-    let namespace = format!("surge-{suffix}");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({ "metadata": { "name": namespace } }))
-                .unwrap(),
-        )
-        .await
-        .expect("creating the namespace");
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    deployments
-        .create(&PostParams::default(), &deployment("worker"))
-        .await
-        .expect("creating the deployment");
     // Polls an hour apart: only the surge watch can react within the test.
-    let mut spec = scaler_spec("worker", &topic, &format!("{topic}.workers"));
-    spec.poll_interval_seconds = 3600;
-    let scalers: Api<ChannelScaler> = Api::namespaced(client.clone(), &namespace);
-    scalers
-        .create(&PostParams::default(), &ChannelScaler::new("worker", spec))
-        .await
-        .expect("creating the scaler");
-
-    let (_controller, metrics_addr) = controller(&namespace);
+    let workload = Workload::create("surge", 4, |spec| spec.poll_interval_seconds = 3600).await;
+    let (topic, namespace, scalers) = (&workload.topic, &workload.namespace, &workload.scalers);
+    let (_controller, metrics_addr) = controller(namespace);
     // The first poll: an empty channel, nothing to do.
     eventually(WAIT, "the first measurement", || async {
         let status = scalers.get("worker").await.ok()?.status?;
         (status.partitions == 4).then_some(())
     })
     .await;
-    assert_eq!(replicas(&deployments, "worker").await, 0);
+    assert_eq!(workload.replicas().await, 0);
 
-    kafka::produce_keyed(&topic, "k", 200).await;
+    kafka::produce_keyed(topic, "k", 200).await;
     // 200 / 50 per replica, 4 partitions: 4, without waiting for the poll.
     eventually(WAIT, "4 replicas from the surge watch", || async {
-        (replicas(&deployments, "worker").await == 4).then_some(())
+        (workload.replicas().await == 4).then_some(())
     })
     .await;
     // The status is written after the target is scaled: wait for it.
@@ -324,8 +281,5 @@ async fn a_surge_is_acted_on_long_before_the_next_poll() {
     // The status writes come back as watch events; they must not be
     // measurements of their own: the first poll, then one per surge.
     assert_eq!(counter("measurements"), 1 + surges, "{metrics}");
-    namespaces
-        .delete(&namespace, &Default::default())
-        .await
-        .expect("deleting the namespace");
+    workload.delete().await;
 }

@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use osmosis_autoscaler::crd::ChannelScaler;
 use osmosis_e2e::kafka;
-use osmosis_e2e::kube::{KUBECONFIG_ENV, apply_crd, controller, deployment, scaler_spec};
+use osmosis_e2e::kube::{
+    KUBECONFIG_ENV, apply_crd, controller, create_namespace, deployment, scaler_spec,
+};
 use osmosis_e2e::process::{Service, Worker};
 use osmosis_e2e::{eventually, kube::client};
 
@@ -106,15 +108,6 @@ fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
-}
-
-async fn create_namespace(client: &Client, name: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = serde_json::from_value(serde_json::json!({ "metadata": { "name": name } }));
-    namespaces
-        .create(&PostParams::default(), &namespace.unwrap())
-        .await
-        .expect("creating a namespace");
 }
 
 /// A kubeconfig for the test API server that authenticates with `token`.

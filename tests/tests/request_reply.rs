@@ -571,49 +571,85 @@ async fn an_expired_request_is_not_processed() {
     );
 }
 
-/// A request waiting for its reply when the gateway is stopped gets 202 +
-/// Location before the grace period cuts its connection (it is in Kafka),
-/// and its reply is found there on another instance once the worker is done.
+/// Requests waiting for their replies when the gateway is stopped each get
+/// 202 + Location before the grace period would cut their connections:
+/// each is in Kafka, once, and its reply is found at its Location on
+/// another instance once a worker answers.
 #[tokio::test]
-async fn a_waiting_request_gets_its_location_when_the_gateway_stops() {
+async fn waiting_requests_get_their_locations_when_the_gateway_stops() {
+    const WAITING: usize = 5;
     let setup = Setup::new("rr.stopping", 1).await;
     let yaml = format!("shutdown_grace_ms: 1500\n{}", setup.gateway_yaml("", ""));
     let mut gateway = Gateway::start_with(&yaml, &["--create-topics"]);
-    let worker = setup.worker(SLOW, &["--work-ms", "4000", "--echo"]);
-    worker.wait_assigned();
     let http = client();
-    let waiting = tokio::spawn({
-        let (http, url) = (http.clone(), gateway.url("/work"));
-        async move { http.post(url).body("outlives its gateway").send().await }
-    });
-    // The call is waiting once the worker has it.
+    // No worker yet: every call waits until the gateway stops.
+    let waiting: Vec<_> = (0..WAITING)
+        .map(|i| {
+            let (http, url) = (http.clone(), gateway.url("/work"));
+            tokio::spawn(async move {
+                http.post(url)
+                    .body(format!("outlives its gateway {i}"))
+                    .send()
+                    .await
+            })
+        })
+        .collect();
     eventually(
         Duration::from_secs(30),
-        "the request to be in the worker's hands",
-        || async { (worker.metric("osmosis_worker_in_flight").await? >= 1.0).then_some(()) },
+        "every call to wait for its reply",
+        || async {
+            let waiting = gateway.metric("osmosis_gateway_requests_waiting").await?;
+            (waiting == WAITING as f64).then_some(())
+        },
     )
     .await;
 
     gateway.service.signal(Signal::SIGTERM);
-    let response = waiting
-        .await
-        .unwrap()
-        .expect("an answer, not a cut connection");
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let mut locations = Vec::with_capacity(WAITING);
+    for (i, call) in waiting.into_iter().enumerate() {
+        let response = call
+            .await
+            .unwrap()
+            .expect("an answer, not a cut connection");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        locations.push((location, format!("outlives its gateway {i}")));
+    }
     assert!(gateway.service.wait_exit(Duration::from_secs(30)).success());
+    let ids: Vec<String> = locations
+        .iter()
+        .map(|(location, _)| location.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    let records = kafka::read_records(&setup.channel, WAITING, READ_TIMEOUT);
+    osmosis_e2e::load::assert_each_once(&records, &ids);
+    assert_eq!(
+        kafka::high_watermarks(kafka::bootstrap(), &setup.channel)[&0],
+        WAITING as i64,
+        "nothing but the waiting requests in the channel"
+    );
 
     let other = Gateway::start(&setup.gateway_yaml("", ""));
-    let reply = eventually(
-        Duration::from_secs(30),
-        "the reply at its location",
-        || async {
-            let response = http.get(other.url(&location)).send().await.ok()?;
-            (response.status() == StatusCode::OK).then_some(response)
-        },
-    )
-    .await;
-    assert_eq!(reply.text().await.unwrap(), "outlives its gateway");
+    let _worker = setup.worker(ECHO, &[]);
+    for (location, sent) in &locations {
+        let reply = eventually(
+            Duration::from_secs(30),
+            "the reply at its location",
+            || async {
+                let response = http.get(other.url(location)).send().await.ok()?;
+                (response.status() == StatusCode::OK).then_some(response)
+            },
+        )
+        .await;
+        assert_eq!(&reply.text().await.unwrap(), sent, "{location}");
+    }
+    let finals = finals(&setup.replies);
+    for id in &ids {
+        assert_eq!(
+            finals.get(id).map(Vec::len),
+            Some(1),
+            "final replies of {id}"
+        );
+    }
 }
 
 /// A client that gives up on a request-mode call stops holding memory on

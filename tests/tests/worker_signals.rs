@@ -9,6 +9,9 @@
 //!   asserted is at least one `final` record per request, and that the
 //!   client reading the request sees one final answer, with the body it
 //!   sent.
+//!
+//! Either way each request is in the channel exactly once, and the
+//! gateway's `/healthz` and `/readyz` answer within 1 s throughout.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use osmosis_e2e::eventually;
 use osmosis_e2e::kafka;
+use osmosis_e2e::load::{self, Probes};
 use osmosis_e2e::process::{Gateway, Worker, binary};
 use reqwest::StatusCode;
 
@@ -85,15 +89,37 @@ async fn send_load(gateway_url: String, sent: Arc<AtomicUsize>) -> Vec<(String, 
     accepted
 }
 
-/// Starts the load and returns once `at` requests are acknowledged.
-async fn load_until(setup: &Setup, at: usize) -> tokio::task::JoinHandle<Vec<(String, String)>> {
+/// The load under way, with the gateway's probes.
+struct Load {
+    sending: tokio::task::JoinHandle<Vec<(String, String)>>,
+    probes: Probes,
+}
+
+/// Starts the load (and the probes) and returns once `at` requests are
+/// acknowledged.
+async fn load_until(setup: &Setup, at: usize) -> Load {
+    let probes = Probes::start(setup.gateway.url(""));
     let sent = Arc::new(AtomicUsize::new(0));
-    let load = tokio::spawn(send_load(setup.gateway.url(""), Arc::clone(&sent)));
+    let sending = tokio::spawn(send_load(setup.gateway.url(""), Arc::clone(&sent)));
     eventually(Duration::from_secs(60), "part of the load sent", || async {
         (sent.load(Ordering::SeqCst) >= at).then_some(())
     })
     .await;
-    load
+    Load { sending, probes }
+}
+
+impl Load {
+    /// Waits for the rest of the load and each client's answer, stops the
+    /// probes (each answered within 1 s), and checks that every request is
+    /// in the channel exactly once; returns the request ids.
+    async fn finish(self, setup: &Setup) -> Vec<String> {
+        let accepted = self.sending.await.unwrap();
+        let ids = every_client_gets_its_answer(setup, &accepted).await;
+        self.probes.assert_always_answered().await;
+        let records = kafka::read_records(&setup.channel, LOAD, Duration::from_secs(30));
+        load::assert_each_once(&records, &ids);
+        ids
+    }
 }
 
 /// Every acknowledged request, read as a client does, answers 200 with the
@@ -126,7 +152,9 @@ fn finals_of(setup: &Setup, ids: &[String]) -> HashMap<String, usize> {
     finals
 }
 
-#[tokio::test]
+// Two runtime threads: while the test waits for a worker (blocking), the
+// load and the probes go on on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_with_sigterm_under_load_drains_and_every_request_gets_exactly_one_reply()
 {
     let setup = setup("signals.term").await;
@@ -135,9 +163,9 @@ async fn a_worker_stopped_with_sigterm_under_load_drains_and_every_request_gets_
     let second = worker(&setup.channel);
     let load = load_until(&setup, LOAD / 3).await;
     first.service.signal(Signal::SIGTERM);
-    assert!(first.service.wait_exit(Duration::from_secs(60)).success());
-    let accepted = load.await.unwrap();
-    let ids = every_client_gets_its_answer(&setup, &accepted).await;
+    let drained = tokio::task::block_in_place(|| first.service.wait_exit(Duration::from_secs(60)));
+    assert!(drained.success());
+    let ids = load.finish(&setup).await;
     let finals = finals_of(&setup, &ids);
     let doubled: Vec<_> = finals.iter().filter(|(_, n)| **n != 1).collect();
     assert!(
@@ -147,7 +175,7 @@ async fn a_worker_stopped_with_sigterm_under_load_drains_and_every_request_gets_
     drop(second);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_under_load_loses_no_request() {
     let setup = setup("signals.kill").await;
     let first = worker(&setup.channel);
@@ -156,9 +184,8 @@ async fn a_worker_killed_under_load_loses_no_request() {
     let load = load_until(&setup, LOAD / 3).await;
     first.service.signal(Signal::SIGKILL);
     // A replacement joins, as a Deployment would start one.
-    let _replacement = worker(&setup.channel);
-    let accepted = load.await.unwrap();
-    let ids = every_client_gets_its_answer(&setup, &accepted).await;
+    let _replacement = tokio::task::block_in_place(|| worker(&setup.channel));
+    let ids = load.finish(&setup).await;
     let finals = finals_of(&setup, &ids);
     let doubled = finals.values().filter(|n| **n > 1).count();
     eprintln!(

@@ -8,7 +8,11 @@ use super::types::{PolicyState, RatePolicy, ScalerSpec, Select};
 
 /// Rule 6, stabilisation: a scale-up goes only as high as the lowest
 /// recommendation of its window, a scale-down only as low as the highest
-/// of its window.
+/// of its window. A memory younger than a window has not seen all of it:
+/// as the HPA controller does, it counts the replicas it found as a
+/// recommendation of that window, so that a new leader does not undo what
+/// the last one held back (scale down at once after a takeover, and up
+/// again on the next backlog).
 pub(super) fn stabilize(
     spec: &ScalerSpec,
     state: &mut PolicyState,
@@ -16,6 +20,8 @@ pub(super) fn stabilize(
     desired: u32,
     now: f64,
 ) -> u32 {
+    let started = *state.started.get_or_insert(now);
+    let unseen = |seconds: f64| (now - started < seconds).then_some(current);
     let window = spec
         .scale_up
         .stabilization_seconds
@@ -37,10 +43,12 @@ pub(super) fn stabilize(
             .map(|(_, r)| *r)
     };
     if desired > current {
-        let lowest = within(spec.scale_up.stabilization_seconds).min();
+        let seconds = spec.scale_up.stabilization_seconds;
+        let lowest = within(seconds).chain(unseen(seconds)).min();
         lowest.unwrap_or(desired).max(current)
     } else if desired < current {
-        let highest = within(spec.scale_down.stabilization_seconds).max();
+        let seconds = spec.scale_down.stabilization_seconds;
+        let highest = within(seconds).chain(unseen(seconds)).max();
         highest.unwrap_or(desired).min(current)
     } else {
         desired

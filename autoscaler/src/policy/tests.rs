@@ -352,6 +352,40 @@ fn scale_down_waits_for_its_stabilization_window() {
     );
 }
 
+/// A new memory (a new leader's, after a takeover) has not seen the
+/// window its predecessor was holding a scale-down in: the replicas it
+/// finds count as recommended within it, so it scales down only once a
+/// whole window has passed since its first decision. Without an up window
+/// a scale-up is not held.
+#[test]
+fn a_fresh_memory_scales_down_only_after_a_whole_window() {
+    let spec = ScalerSpec {
+        scale_down: Behavior {
+            stabilization_seconds: 60.0,
+            ..spec().scale_down
+        },
+        ..spec()
+    };
+    let mut state = PolicyState::default();
+    // Taken over at 1000 s, with 8 replicas running and a backlog for 1.
+    for (now, expected) in [(1000.0, 8), (1059.0, 8), (1061.0, 1)] {
+        let decision = decide(&spec, Some(&observed(2500)), &mut state, 8, now);
+        assert_eq!(
+            decision.replicas, expected,
+            "at {now} s: {}",
+            decision.reason
+        );
+    }
+    let fresh = decide(
+        &spec,
+        Some(&observed(16 * 2500)),
+        &mut PolicyState::default(),
+        8,
+        0.0,
+    );
+    assert_eq!(fresh.replicas, 16, "{}", fresh.reason);
+}
+
 #[test]
 fn rate_policies_limit_each_period_from_its_start() {
     let spec = ScalerSpec {

@@ -94,6 +94,10 @@ pub struct PolicyState {
     pub(super) scale_events: VecDeque<(f64, i64)>,
     /// Last time the channel had lag or arrivals.
     pub(super) last_active: Option<f64>,
+    /// Time of the first decision on an observation: before it, this
+    /// memory saw nothing of the stabilisation windows (a new leader, a
+    /// restarted autoscaler), whatever the one before it had seen.
+    pub(super) started: Option<f64>,
 }
 
 /// Why the decision is not the raw demand.
