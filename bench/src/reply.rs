@@ -51,6 +51,17 @@ pub struct ReplyArgs {
     /// loop or `--worker-arg=--producer-property=linger.ms=0`.
     #[arg(long = "worker-arg", allow_hyphen_values = true)]
     worker_args: Vec<String>,
+    /// A librdkafka property of the gateway's clients (repeatable), e.g.
+    /// `--gateway-property linger.ms=0`.
+    #[arg(long = "gateway-property", value_parser = parse_property)]
+    gateway_properties: Vec<(String, String)>,
+}
+
+fn parse_property(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
@@ -63,13 +74,19 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
     let worker_args: Vec<&str> = args.worker_args.iter().map(String::as_str).collect();
     let worker = Worker::start("examples/echo", &args.brokers, &channel, &worker_args);
     worker.wait_assigned();
+    let properties: Vec<String> = args
+        .gateway_properties
+        .iter()
+        .map(|(key, value)| format!("{key}: \"{value}\""))
+        .collect();
     let gateway = Gateway::start(&format!(
         "listen: 127.0.0.1:0\n\
-         kafka: {{ brokers: \"{brokers}\" }}\n\
+         kafka: {{ brokers: \"{brokers}\", properties: {{ {properties} }} }}\n\
          channels: {{ {channel}: {{}} }}\n\
          replies: {{ topic: {replies} }}\n\
          routes:\n  - {{ method: POST, path: /work, channel: {channel}, mode: request, timeout_ms: 30000, max_wait_ms: 30000 }}\n",
         brokers = args.brokers,
+        properties = properties.join(", "),
     ));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -93,11 +110,16 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
     header(
         "Request-reply round trip: the gateway against Kafka's own round trip",
         &format!(
-            "one `echo` worker ({}), {} partitions, open-loop, {} s per rate, both paths against the same broker in one run",
+            "one `echo` worker ({}), gateway properties: {}, {} partitions, open-loop, {} s per rate, both paths against the same broker in one run",
             if worker_args.is_empty() {
                 "default flags".to_owned()
             } else {
                 worker_args.join(" ")
+            },
+            if properties.is_empty() {
+                "defaults".to_owned()
+            } else {
+                properties.join(", ")
             },
             args.partitions,
             args.seconds,
