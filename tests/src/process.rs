@@ -272,6 +272,20 @@ impl Gateway {
     pub async fn metric(&self, sample: &str) -> Option<f64> {
         metric_sample(&self.url("/metrics"), sample).await
     }
+
+    /// Waits until `/readyz` answers 200 (Kafka answers and, with request
+    /// routes, the gateway owns a reply partition).
+    pub async fn wait_ready(&self) {
+        let ready = self.url("/readyz");
+        crate::eventually(Duration::from_secs(60), "the gateway to be ready", || {
+            let ready = ready.clone();
+            async move {
+                let response = reqwest::get(&ready).await.ok()?;
+                (response.status() == reqwest::StatusCode::OK).then_some(())
+            }
+        })
+        .await;
+    }
 }
 
 /// A running worker binary (an example worker or `osmosis-http-worker`).

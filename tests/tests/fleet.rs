@@ -68,15 +68,7 @@ impl Fleet {
             name,
             base: gateway.url(""),
         };
-        let ready = format!("{}/readyz", member.base);
-        eventually(Duration::from_secs(60), "the gateway to be ready", || {
-            let ready = ready.clone();
-            async move {
-                let response = reqwest::get(&ready).await.ok()?;
-                (response.status() == StatusCode::OK).then_some(())
-            }
-        })
-        .await;
+        gateway.wait_ready().await;
         (gateway, member)
     }
 }

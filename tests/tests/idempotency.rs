@@ -2,12 +2,15 @@
 //! a retry is written once and answered alike wherever it lands, another
 //! body with the same key is 422, concurrent duplicates are 409 or the
 //! same answer, and a claim left open (a 503 whose write may have landed,
-//! a gateway that died mid-write) is settled from the channel itself.
+//! a gateway that died mid-write) is settled from the channel itself. In
+//! request mode the answer is the first request's reply, from the real
+//! echo worker, or the wait for it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use osmosis_e2e::eventually;
 use osmosis_e2e::kafka;
-use osmosis_e2e::process::Gateway;
+use osmosis_e2e::process::{Gateway, Worker};
 use osmosis_protocol::RequestId;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -195,4 +198,184 @@ async fn a_claim_left_open_is_settled_from_the_channel() {
         2,
         "the landed request once, the lost one once"
     );
+}
+
+/// Two gateways sharing a reply topic (one partition each) and an index,
+/// in front of one request-mode route.
+struct RequestSetup {
+    channel: String,
+    replies: String,
+    index: String,
+}
+
+impl RequestSetup {
+    async fn new(prefix: &str) -> Self {
+        Self {
+            channel: kafka::create_topic(&format!("{prefix}.requests"), 1).await,
+            replies: kafka::unique_name(&format!("{prefix}.replies")),
+            index: kafka::create_topic(&format!("{prefix}.index"), 1).await,
+        }
+    }
+
+    /// A gateway, once it owns a reply partition.
+    async fn gateway(&self) -> Gateway {
+        let yaml = format!(
+            "listen: 127.0.0.1:0\n\
+             kafka: {{ brokers: \"{brokers}\" }}\n\
+             channels: {{ {channel}: {{ partitions: 1 }} }}\n\
+             replies: {{ topic: {replies}, partitions: 2 }}\n\
+             idempotency: {{ topic: {index}, window_secs: 3600 }}\n\
+             routes:\n  - {{ name: work, method: POST, path: /work, channel: {channel}, mode: request, timeout_ms: 60000, max_wait_ms: 60000 }}\n",
+            brokers = kafka::bootstrap(),
+            channel = self.channel,
+            replies = self.replies,
+            index = self.index,
+        );
+        let gateway = Gateway::start_with(&yaml, &["--create-topics"]);
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    fn echo_worker(&self) -> Worker {
+        Worker::start("examples/echo", kafka::bootstrap(), &self.channel, &[])
+    }
+
+    /// Request records in the channel.
+    fn requests_written(&self) -> i64 {
+        kafka::high_watermarks(kafka::bootstrap(), &self.channel)
+            .values()
+            .sum()
+    }
+}
+
+/// What a client got: status, headers (but `date`) and body.
+#[derive(Debug, PartialEq)]
+struct Answer {
+    status: StatusCode,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn request_id(&self) -> &str {
+        self.header("osmosis-request-id").expect("a request id")
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        let mut found = self.headers.iter().filter(|(n, _)| n == name);
+        found.next().map(|(_, value)| value.as_str())
+    }
+}
+
+async fn call(gateway_url: String, key: &str, body: &'static str, prefer: Option<&str>) -> Answer {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .build()
+        .unwrap();
+    let mut request = http
+        .post(gateway_url)
+        .header("idempotency-key", format!("\"{key}\""))
+        .header("content-type", "text/plain")
+        .body(body);
+    if let Some(prefer) = prefer {
+        request = request.header("prefer", prefer);
+    }
+    let response = request.send().await.expect("an answer");
+    let status = response.status();
+    let mut headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != "date")
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+        .collect();
+    headers.sort();
+    let body = response.bytes().await.unwrap().to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A retry after the reply — on the same instance or another — is the
+/// first reply byte for byte and writes nothing; another body is 422.
+#[tokio::test]
+async fn a_retried_request_gets_the_first_reply_on_any_instance_and_is_written_once() {
+    let setup = RequestSetup::new("idem.reply").await;
+    let (a, b) = (setup.gateway().await, setup.gateway().await);
+    let worker = setup.echo_worker();
+    worker.wait_assigned();
+
+    let first = call(a.url("/work"), "quote-1", "ping", None).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert_eq!(first.body, b"ping");
+    assert_eq!(first.header("content-type"), Some("text/plain"));
+    let on_a = call(a.url("/work"), "quote-1", "ping", None).await;
+    assert_eq!(on_a, first);
+    let on_b = call(b.url("/work"), "quote-1", "ping", None).await;
+    assert_eq!(on_b, first);
+
+    let other = call(b.url("/work"), "quote-1", "pong", None).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY, "{other:?}");
+    assert_eq!(
+        other.header("content-type"),
+        Some("application/problem+json")
+    );
+
+    assert_eq!(setup.requests_written(), 1, "one record for the key");
+    let record = &kafka::read_records(&setup.channel, 1, Duration::from_secs(30))[0];
+    assert_eq!(
+        record.header("osmosis-request-id"),
+        Some(first.request_id())
+    );
+    assert_eq!(record.header("osmosis-idempotency-key"), Some("quote-1"));
+}
+
+/// With no worker running, a retry waits for the first request's reply as
+/// the first call does: a short wait ends in 202 + the first request's
+/// `Location`; once a worker starts, the first call and the waiting retries
+/// on both instances get the one reply, and the channel holds one record.
+#[tokio::test]
+async fn a_retry_while_the_first_request_is_pending_waits_for_its_reply() {
+    let setup = RequestSetup::new("idem.pending").await;
+    let (a, b) = (setup.gateway().await, setup.gateway().await);
+
+    let first = tokio::spawn(call(a.url("/work"), "job-1", "slow", None));
+    eventually(
+        Duration::from_secs(30),
+        "the first request in its channel",
+        || async { (setup.requests_written() == 1).then_some(()) },
+    )
+    .await;
+    let id = kafka::read_records(&setup.channel, 1, Duration::from_secs(30))[0]
+        .header("osmosis-request-id")
+        .unwrap()
+        .to_owned();
+
+    // Until the first call's write is recorded, a retry is 409.
+    let short = eventually(Duration::from_secs(30), "a retry past 409", || async {
+        let answer = call(b.url("/work"), "job-1", "slow", Some("wait=0.2")).await;
+        (answer.status != StatusCode::CONFLICT).then_some(answer)
+    })
+    .await;
+    assert_eq!(short.status, StatusCode::ACCEPTED, "{short:?}");
+    assert_eq!(short.request_id(), id);
+    let location = format!("/v1/requests/{id}");
+    assert_eq!(short.header("location"), Some(location.as_str()));
+    let pending: serde_json::Value = serde_json::from_slice(&short.body).unwrap();
+    assert_eq!(pending["status"], "pending");
+    assert_eq!(pending["channel"], setup.channel.as_str());
+
+    let on_b = tokio::spawn(call(b.url("/work"), "job-1", "slow", None));
+    let on_a = tokio::spawn(call(a.url("/work"), "job-1", "slow", None));
+    let _worker = setup.echo_worker();
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert_eq!(first.body, b"slow");
+    assert_eq!(first.request_id(), id);
+    assert_eq!(on_b.await.unwrap(), first);
+    assert_eq!(on_a.await.unwrap(), first);
+    assert_eq!(setup.requests_written(), 1, "one record for the key");
+    let finals = kafka::final_replies(kafka::bootstrap(), &setup.replies);
+    assert_eq!(finals.get(&id), Some(&1), "one reply: {finals:?}");
 }

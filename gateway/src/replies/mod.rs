@@ -107,6 +107,33 @@ impl Drop for Waiting {
     }
 }
 
+/// A call waiting for the reply to a request it did not write (an
+/// idempotent retry), accepted by this or any other instance: its events
+/// come through the shared tails ([`ReplyHub::follow`]), and the call
+/// counts among the waiting ones for as long as this lives.
+pub struct Awaiting {
+    events: FollowReceiver,
+    _counted: waiters::Counted,
+}
+
+impl Awaiting {
+    /// The request's final reply; `None` once none can come (the follow's
+    /// time limit, or a Kafka error).
+    pub async fn final_reply(&mut self) -> Option<Arc<ReplyEvent>> {
+        while let Some(received) = self.events.recv().await {
+            match received {
+                Ok(event) if event.envelope.kind == EventKind::Final => return Some(event),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "following a request's reply failed");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+}
+
 /// Failures of the reply side.
 #[derive(Debug, thiserror::Error)]
 pub enum RepliesError {
@@ -377,6 +404,15 @@ impl ReplyHub {
             }
         });
         rx
+    }
+
+    /// Waits up to `limit` for the events of `id`, a request this call did
+    /// not write, wherever it was accepted.
+    pub fn await_events(&self, id: RequestId, limit: Duration) -> Awaiting {
+        Awaiting {
+            _counted: self.waiters.count_one(),
+            events: self.follow(id, None, limit),
+        }
     }
 
     /// Follows a partition this instance gave away, from `from`, for the

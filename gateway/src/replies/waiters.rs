@@ -3,6 +3,7 @@
 //! consumed event meets its client. A leaf: it knows no Kafka client.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,19 @@ pub struct Waiters {
     owners: Cache<RequestId, Owner>,
     /// How long a request stays waiting without a reply.
     ttl: Duration,
+    /// Calls waiting here for a request they did not write (an idempotent
+    /// retry awaiting its first request's reply): counted with `waiting`
+    /// against the same bound.
+    awaiting: Arc<AtomicUsize>,
+}
+
+/// One call counted among the waiting ones for as long as it lives.
+pub struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Waiters {
@@ -50,6 +64,7 @@ impl Waiters {
                 .time_to_live(Duration::from_secs(cache.ttl_secs))
                 .build(),
             ttl: Duration::from_secs(cache.ttl_secs),
+            awaiting: Arc::default(),
         }
     }
 
@@ -69,8 +84,15 @@ impl Waiters {
         self.waiting.lock().unwrap().remove(id);
     }
 
+    /// Calls waiting here: registered requests and [`Self::count_one`]s.
     pub fn count(&self) -> usize {
-        self.waiting.lock().unwrap().len()
+        self.waiting.lock().unwrap().len() + self.awaiting.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call that waits here without a registered request.
+    pub fn count_one(&self) -> Counted {
+        self.awaiting.fetch_add(1, Ordering::Relaxed);
+        Counted(Arc::clone(&self.awaiting))
     }
 
     pub fn is_waiting(&self, id: &RequestId) -> bool {
@@ -171,5 +193,15 @@ mod tests {
         );
         assert!(!waiters.is_waiting(&id));
         assert!(waiters.recent(&id).is_some());
+    }
+
+    #[test]
+    fn calls_awaiting_another_request_count_while_they_wait() {
+        let waiters = Waiters::new(&ReplyCacheConfig::default());
+        let _registered = waiters.register(RequestId::new(Some(0)), Owner::Anonymous);
+        let counted = waiters.count_one();
+        assert_eq!(waiters.count(), 2);
+        drop(counted);
+        assert_eq!(waiters.count(), 1);
     }
 }

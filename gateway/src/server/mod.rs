@@ -10,7 +10,8 @@
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics` and the request metrics.
 //! - [`accepted`], [`prefer`]: the 202 answer and the `Prefer` header.
 //! - [`cors`]: which browser origins may call what.
-//! - [`idempotent`]: publish calls with an `Idempotency-Key`.
+//! - [`idempotent`]: calls with an `Idempotency-Key` (claim, claimed write,
+//!   the publish retry's answer).
 //! - [`state`]: the [`AppState`] every surface shares (a leaf: the surfaces
 //!   import it, it imports none of them).
 //!

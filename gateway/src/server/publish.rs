@@ -93,9 +93,9 @@ async fn accept(state: Arc<AppState>, call: RoutedCall) -> Result<Response, Prob
         .authorize(&route.label, &head.headers, &route.access, None)
         .await?;
     let body = read_body(&head.headers, body, route.max_body_bytes).await?;
+    let key = idempotent::key_of(&state, &head.headers)?;
     match route.mode {
         Mode::Publish => {
-            let key = idempotent::key_of(&state, &head.headers)?;
             let subject = caller.as_ref().map(|identity| identity.subject.clone());
             let caller = caller.map(|identity| identity.caller());
             let request = RequestRecord::build(&route, &head, body, caller, None)?;
@@ -108,7 +108,7 @@ async fn accept(state: Arc<AppState>, call: RoutedCall) -> Result<Response, Prob
             Ok(accepted_response(request.id, &route.channel, stored, false))
         }
         Mode::Request => {
-            requests::send_and_wait(&state, &route, &head, body, caller.as_deref()).await
+            requests::send_and_wait(&state, &route, &head, body, caller.as_deref(), key).await
         }
     }
 }

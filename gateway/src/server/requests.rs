@@ -4,7 +4,6 @@
 //! the remaining events as a stream — on any instance).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -17,6 +16,7 @@ use osmosis_protocol::{EventKind, RequestId};
 
 use super::accepted::{Accepted, REQUEST_ID_HEADER, accepted_response, id_header};
 use super::cors;
+use super::idempotent::{self, Keyed, Original};
 use super::prefer::Preference;
 use super::state::AppState;
 use crate::auth::{BrowserToken, Identity};
@@ -25,7 +25,7 @@ use crate::problem::Problem;
 use crate::replies::{Lookup, Owner, ReplyEvent, ReplyHub, Waiting};
 use crate::request_record::{CallHead, RequestRecord};
 use crate::route::Route;
-use crate::sse::{self, StreamKind};
+use crate::sse::{self, OpenStream, StreamKind};
 
 pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
     let status = get(request_status);
@@ -39,13 +39,16 @@ pub(super) fn routes(config: &Config) -> Router<Arc<AppState>> {
 /// Request mode: write the request, then its `accepted` marker while
 /// waiting for the reply as long as the client prefers, or stream its
 /// events.
-/// The reply is `caller`'s: only that caller reads it later.
+/// The reply is `caller`'s: only that caller reads it later. With an
+/// idempotency `key`, a retry writes nothing and is answered as for the
+/// key's first request ([`answer_again`]).
 pub(super) async fn send_and_wait(
     state: &AppState,
     route: &Route,
     head: &CallHead,
     body: Bytes,
     caller: Option<&Identity>,
+    key: Option<String>,
 ) -> Result<Response, Problem> {
     let hub = state
         .replies
@@ -80,8 +83,24 @@ pub(super) async fn send_and_wait(
     state
         .limits
         .admit_waiting(hub.waiting_count(), state.retry_after)?;
+    let claimed = match key {
+        None => None,
+        Some(key) => {
+            let subject = caller.map(|caller| caller.subject.as_str());
+            let value = &request.record.value;
+            match idempotent::claim(state, route, head, key, subject, id, value).await? {
+                Keyed::Proceed(claimed) => Some(claimed),
+                Keyed::Replay(original) => {
+                    return answer_again(state, &hub, route, head, original, open).await;
+                }
+            }
+        }
+    };
     let mut waiting = hub.wait_for(id, owner);
-    let stored = state.write(route, id, request.record).await?;
+    let stored = match claimed {
+        Some(claimed) => claimed.write(state, route, id, request.record).await?,
+        None => state.write(route, id, request.record).await?,
+    };
     let accepted_json = Accepted::new(id, &route.channel, stored, false).to_json();
     let marking = hub.mark_accepted(
         id,
@@ -99,18 +118,7 @@ pub(super) async fn send_and_wait(
         ));
     }
     let preference = Preference::parse(&head.headers, route.timeout, route.max_wait);
-    let wait = async {
-        match preference.respond_async {
-            true => None,
-            false => {
-                tokio::select! {
-                    reply = final_reply(&mut waiting, preference.wait) => reply,
-                    // The gateway is stopping: the reply is polled elsewhere.
-                    () = state.grace_ending.cancelled() => None,
-                }
-            }
-        }
-    };
+    let wait = within_wait(state, &preference, final_reply(&mut waiting));
     // The marker is written while the worker works, off the round trip's
     // critical path; the client still hears nothing before it is written,
     // so any instance answers for the id once the client knows it.
@@ -125,17 +133,67 @@ pub(super) async fn send_and_wait(
     })
 }
 
-/// The final reply of a request waiting here, if it comes within `wait`.
-async fn final_reply(waiting: &mut Waiting, wait: Duration) -> Option<Arc<ReplyEvent>> {
-    let final_event = async {
-        while let Some(event) = waiting.next().await {
-            if event.envelope.kind == EventKind::Final {
-                return Some(event);
-            }
+/// A retry of a request-mode call with an idempotency key: the first
+/// request's reply when it is known (here or in Kafka), else the wait for
+/// it as the first call would have waited (on any instance), then 202 +
+/// `Location` of the first request; as a stream, the first request's
+/// events.
+async fn answer_again(
+    state: &AppState,
+    hub: &ReplyHub,
+    route: &Route,
+    head: &CallHead,
+    original: Original,
+    open: Option<OpenStream>,
+) -> Result<Response, Problem> {
+    let id = original.id;
+    if let Some(open) = open {
+        let events = hub.follow(id, None, state.streams.request_stream_limit);
+        return Ok(sse::followed_request_stream(&state.streams, open, events));
+    }
+    match hub.find(id, false).await {
+        Ok(Lookup::Replied(reply, _)) => return Ok(reply_response(&reply)),
+        Ok(Lookup::Pending(_) | Lookup::Unknown) => {}
+        // The follow below reads the same partition without the bounds.
+        Err(error) => {
+            tracing::debug!(request_id = %id, %error, "the first request's reply not looked up; following it")
         }
-        None
-    };
-    tokio::time::timeout(wait, final_event).await.ok().flatten()
+    }
+    let preference = Preference::parse(&head.headers, route.timeout, route.max_wait);
+    let mut awaiting = hub.await_events(id, preference.wait);
+    Ok(
+        match within_wait(state, &preference, awaiting.final_reply()).await {
+            Some(reply) => reply_response(&reply),
+            None => accepted_response(id, &original.channel, original.stored, true),
+        },
+    )
+}
+
+/// The final `reply`, if it comes within the client's preferred wait: none
+/// with `respond-async`, none once the gateway's grace period ends (the
+/// reply is then polled elsewhere).
+async fn within_wait(
+    state: &AppState,
+    preference: &Preference,
+    reply: impl Future<Output = Option<Arc<ReplyEvent>>>,
+) -> Option<Arc<ReplyEvent>> {
+    if preference.respond_async {
+        return None;
+    }
+    tokio::select! {
+        reply = tokio::time::timeout(preference.wait, reply) => reply.ok().flatten(),
+        () = state.grace_ending.cancelled() => None,
+    }
+}
+
+/// The final reply of a request waiting here.
+async fn final_reply(waiting: &mut Waiting) -> Option<Arc<ReplyEvent>> {
+    while let Some(event) = waiting.next().await {
+        if event.envelope.kind == EventKind::Final {
+            return Some(event);
+        }
+    }
+    None
 }
 
 /// The worker's reply as the client's response.
