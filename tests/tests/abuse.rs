@@ -1,7 +1,7 @@
 //! Abusive clients against one gateway: slow headers, too many
 //! connections, oversized and malformed headers and query values, many
-//! catch-ups at once, rates over their bucket, and fuzzed methods and
-//! paths. Every bound answers as documented (problem+json, 429, 431,
+//! catch-ups at once, rates over their bucket (per client, also behind a
+//! trusted proxy), and fuzzed methods and paths. Every bound answers as documented (problem+json, 429, 431,
 //! 503 with Retry-After, or a closed connection), and each test ends with
 //! the gateway serving normally, its RSS and thread count within bounds.
 
@@ -144,6 +144,57 @@ async fn a_client_over_its_rate_gets_429_with_ratelimit_headers() {
             .await
             >= Some(1.0)
     );
+}
+
+/// Statuses of `calls` publishes that `x_forwarded_for` says come from
+/// one client.
+async fn publish_as(
+    http: &reqwest::Client,
+    gateway: &Gateway,
+    x_forwarded_for: &str,
+    calls: usize,
+) -> Vec<StatusCode> {
+    let mut statuses = Vec::new();
+    for i in 0..calls {
+        let response = http
+            .post(gateway.url("/in"))
+            .header("x-forwarded-for", x_forwarded_for)
+            .body(format!("{i}"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status());
+    }
+    statuses
+}
+
+/// Behind a trusted proxy (this test, from loopback, sets the header a
+/// proxy would) every client the proxy names has a bucket of its own; a
+/// peer that is no trusted proxy is the client, whatever it sends.
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_get_buckets_of_their_own() {
+    let channel = kafka::create_topic("abuse.proxied", 2).await;
+    let bucket = "rate: { per_client: { per_second: 1, burst: 3 } }";
+    let http = reqwest::Client::new();
+    let too_many = |statuses: &[StatusCode]| statuses.contains(&StatusCode::TOO_MANY_REQUESTS);
+
+    // Through a proxy in front of the proxy; the left-most address is the
+    // client's own forgery.
+    for (trusted, a_bucket_each) in [("127.0.0.0/8", true), ("192.0.2.0/24", false)] {
+        let limited = gateway(
+            &channel,
+            &format!("{{ {bucket}, trusted_proxies: [{trusted}] }}"),
+        );
+        let first = publish_as(&http, &limited, "198.51.100.1, 203.0.113.1, 127.0.0.9", 10).await;
+        assert!(too_many(&first), "{trusted}: {first:?}");
+        let second = publish_as(&http, &limited, "198.51.100.1, 203.0.113.2", 3).await;
+        if a_bucket_each {
+            assert_eq!(second, [StatusCode::ACCEPTED; 3], "a bucket of its own");
+        } else {
+            // The peer's bucket: at most one token refills meanwhile.
+            assert!(too_many(&second), "the header is ignored: {second:?}");
+        }
+    }
 }
 
 /// Slow headers, idle sockets, too many connections, oversized headers,

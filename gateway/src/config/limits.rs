@@ -12,9 +12,14 @@
 //!   max_waiting_requests: 10000
 //!   shed_queue_depth: 80000
 //!   lookups: { max_concurrent: 4, queue_ms: 1000, max_ms: 5000 }
+//!   trusted_proxies: [10.0.0.0/8]               # default: none
+//!   client_address_header: x-forwarded-for      # or forwarded
 //! idempotency: { topic: osmosis.idempotency, window_secs: 86400 }
 //! ```
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use serde::Deserialize;
 
 /// A setting of `limits:` or `idempotency:` that makes no sense, with the
@@ -59,6 +64,38 @@ pub struct LimitsConfig {
     /// Kafka lookups of requests this instance does not hold.
     #[serde(default)]
     pub lookups: LookupLimits,
+    /// Proxies (CIDRs, or single addresses) whose word on a request's
+    /// client is taken: a request from one of them counts against the
+    /// client named in `client_address_header` (rates per client, logs).
+    /// Connection caps stay per peer. Default none: the peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies name the client in. Only this one is
+    /// read: a client could send the other one through a proxy that leaves
+    /// it alone.
+    #[serde(default)]
+    pub client_address_header: ClientAddressHeader,
+}
+
+/// Where trusted proxies name the client they forward.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAddressHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+impl ClientAddressHeader {
+    /// The header's name, in lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -70,6 +107,8 @@ impl Default for LimitsConfig {
             max_waiting_requests: default_max_waiting_requests(),
             shed_queue_depth: default_shed_queue_depth(),
             lookups: LookupLimits::default(),
+            trusted_proxies: Vec::new(),
+            client_address_header: ClientAddressHeader::default(),
         }
     }
 }
@@ -296,7 +335,29 @@ impl LimitsConfig {
                 "max_concurrent and max_ms must be positive",
             ));
         }
+        self.trusted_proxy_networks()?;
         Ok(())
+    }
+
+    /// The trusted proxies' networks; a single address is a network of one.
+    pub fn trusted_proxy_networks(&self) -> Result<Vec<IpNet>, Invalid> {
+        let network = |(i, text): (usize, &String)| {
+            let text = text.trim();
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map(|network| network.trunc())
+                .map_err(|_| {
+                    invalid(
+                        format!("limits.trusted_proxies[{i}]"),
+                        format!("{text:?} is neither an address nor a CIDR (e.g. 10.0.0.0/8)"),
+                    )
+                })
+        };
+        self.trusted_proxies
+            .iter()
+            .enumerate()
+            .map(network)
+            .collect()
     }
 }
 

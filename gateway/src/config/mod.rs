@@ -23,8 +23,8 @@ pub use auth::{AccessConfig, ApiKeysConfig, AuthConfig, CorsConfig, JwtConfig, T
 pub use error::ConfigError;
 use error::invalid;
 pub use limits::{
-    CatchUpLimits, ConnectionLimits, IdempotencyConfig, LimitsConfig, LookupLimits, RateLimits,
-    TokenBucket,
+    CatchUpLimits, ClientAddressHeader, ConnectionLimits, IdempotencyConfig, LimitsConfig,
+    LookupLimits, RateLimits, TokenBucket,
 };
 
 /// Prefix of the environment variables that override the file.

@@ -231,3 +231,26 @@ fn the_demo_configuration_loads() {
         .collect();
     assert_eq!(protected, vec!["demo-orders"]);
 }
+
+#[test]
+fn trusted_proxies_are_networks_or_addresses_and_a_bad_one_is_named() {
+    let yaml = format!(
+        "{MINIMAL}limits: {{ trusted_proxies: [10.0.0.0/8, 192.0.2.7, \"2001:db8::/32\"], client_address_header: forwarded }}\n"
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    let networks = config.limits.trusted_proxy_networks().unwrap();
+    assert_eq!(
+        networks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
+    );
+    assert_eq!(
+        config.limits.client_address_header,
+        ClientAddressHeader::Forwarded
+    );
+    let yaml = format!("{MINIMAL}limits: {{ trusted_proxies: [10.0.0.0/8, lb.internal] }}\n");
+    assert!(
+        error_of(&yaml).starts_with("limits.trusted_proxies[1]:"),
+        "{}",
+        error_of(&yaml)
+    );
+}

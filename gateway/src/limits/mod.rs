@@ -10,12 +10,15 @@
 //!
 //! # Layout
 //! - [`client`]: the client address a bound counts against (IPv6 by /64).
+//! - [`forwarded`]: the client behind trusted proxies, for per-request
+//!   bounds and logs.
 //! - [`rate`]: token buckets per client address and per route → 429.
 //! - [`connections`]: the connection caps and the idle timeout.
 //! - this file: the [`Limits`] handlers consult.
 
 pub mod client;
 pub mod connections;
+pub mod forwarded;
 pub mod rate;
 
 use std::sync::Arc;
@@ -29,6 +32,8 @@ use crate::problem::Problem;
 pub struct Limits {
     /// Request rates per client address and per route.
     pub rate: Arc<rate::RateLimits>,
+    /// Who a request's client is, behind trusted proxies.
+    pub clients: Arc<forwarded::ClientAddresses>,
     /// Producer queue depth above which new requests are shed.
     shed_queue_depth: u64,
     /// Request-mode calls that may wait here at once.
@@ -40,6 +45,12 @@ impl Limits {
     pub fn new(config: &LimitsConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             rate: Arc::new(rate::RateLimits::new(&config.rate, Arc::clone(&metrics))),
+            clients: Arc::new(forwarded::ClientAddresses::new(
+                config
+                    .trusted_proxy_networks()
+                    .expect("validated with the configuration"),
+                config.client_address_header,
+            )),
             shed_queue_depth: config.shed_queue_depth,
             max_waiting: config.max_waiting_requests,
             metrics,

@@ -6,7 +6,9 @@
 //!
 //! Memory stays bounded: a bucket that has refilled is indistinguishable
 //! from a fresh one, and such buckets are dropped every few thousand
-//! calls; IPv6 clients count by /64 ([`super::client`]).
+//! calls; IPv6 clients count by /64 ([`super::client`]). The client is
+//! the one [`super::forwarded`] names (behind trusted proxies, the one
+//! they forward), else the peer.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -22,6 +24,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::HeaderValue;
 
 use super::client::ClientKey;
+use super::forwarded::ClientAddress;
 use crate::config::{RateLimits as RateConfig, TokenBucket};
 use crate::metrics::{Limit, Metrics};
 use crate::problem::Problem;
@@ -165,10 +168,14 @@ pub async fn enforce(
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str);
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(address)| ClientKey::of(address.ip()));
+    let extensions = request.extensions();
+    let client = match extensions.get::<ClientAddress>() {
+        Some(ClientAddress(client)) => Some(*client),
+        None => extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip()),
+    }
+    .map(ClientKey::of);
     match rate.check(client, route) {
         Ok(()) => next.run(request).await,
         Err(limited) => {

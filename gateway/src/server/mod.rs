@@ -82,7 +82,8 @@ pub fn apps(config: &Config, state: AppState) -> (Router, Option<Router>) {
     (with_fallbacks(public, &state), ops)
 }
 
-/// Problem+json for unknown paths and methods, and the request metrics.
+/// Problem+json for unknown paths and methods, the request metrics, and
+/// every request's client (behind trusted proxies, the one they forward).
 fn with_fallbacks(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
     router
         .fallback(not_found)
@@ -90,6 +91,10 @@ fn with_fallbacks(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Route
         .layer(middleware::from_fn_with_state(
             state.clone(),
             ops::track_request,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.limits.clients),
+            crate::limits::forwarded::attach,
         ))
         .with_state(state.clone())
 }

@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use http::{Method, header};
 
 use super::state::AppState;
+use crate::limits::forwarded::ClientAddress;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::problem::Problem;
 
@@ -76,12 +77,17 @@ pub(super) async fn track_request(
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = method_label(request.method()).to_owned();
+    let client = request
+        .extensions()
+        .get::<ClientAddress>()
+        .map(|ClientAddress(client)| *client);
     let started = Instant::now();
     let in_flight = InFlight::enter(&state.metrics);
     let response = next.run(request).await;
     drop(in_flight);
     let status = response.status().as_u16();
-    tracing::debug!(%route, %method, status, "request served");
+    let client = client.map(tracing::field::display);
+    tracing::debug!(%route, %method, status, client, "request served");
     state
         .metrics
         .request_duration
