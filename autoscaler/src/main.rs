@@ -126,7 +126,7 @@ struct LocalArgs {
     /// librdkafka property of the client that measures the channel,
     /// `name=value` (repeatable; e.g. `security.protocol=SASL_SSL`). The
     /// workers take their own, in their command.
-    #[arg(long = "kafka-property", value_parser = osmosis_support::kafka::parse_property)]
+    #[arg(long = "kafka-property", value_parser = osmosis_support::kafka::PropertyParser)]
     kafka_properties: Vec<(String, String)>,
     /// The worker command; `{replica}` is replaced by the replica's number.
     #[arg(last = true, required = true)]

@@ -58,7 +58,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use osmosis_support::kafka::{ClientRole, ConnectError, check_connection};
+use osmosis_support::kafka::{ClientRole, ConnectError, RefusedConfig, check_connection};
 use rdkafka::error::KafkaError;
 
 use crate::auth::{AuthSetupError, Authenticator};
@@ -77,7 +77,7 @@ use crate::writer::{KafkaWriter, RecordWriter};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid Kafka client configuration: {0}")]
-    Client(#[source] KafkaError),
+    Client(#[source] RefusedConfig),
     #[error("cannot start: {0}")]
     Connect(#[from] ConnectError),
     #[error(transparent)]

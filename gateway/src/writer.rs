@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use osmosis_support::kafka::{ClientSettings, LoggingContext, to_record_headers};
+use osmosis_support::kafka::{ClientSettings, LoggingContext, RefusedConfig, to_record_headers};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -94,20 +94,20 @@ pub struct KafkaWriter {
 
 impl KafkaWriter {
     /// Builds the producer; connects lazily, so this does not need Kafka up.
-    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+    /// A refused property is named without its value.
+    pub fn new(config: &KafkaConfig) -> Result<Self, RefusedConfig> {
         let message_timeout = config.produce_timeout_ms.to_string();
-        let client_config = ClientSettings::new(&config.brokers)
+        let settings = ClientSettings::new(&config.brokers)
             .defaults(&[("linger.ms", "2"), ("reconnect.backoff.max.ms", "1000")])
             .user(&config.properties)
             .fixed(&[
                 ("acks", "all"),
                 ("enable.idempotence", "true"),
                 ("message.timeout.ms", &message_timeout),
-            ])
-            .build();
+            ]);
         Ok(Self {
-            producer: client_config.create_with_context(LoggingContext)?,
-            client_config,
+            producer: settings.create_with(LoggingContext)?,
+            client_config: settings.build(),
             metadata_timeout: config.metadata_timeout(),
         })
     }

@@ -93,28 +93,71 @@ impl ClientSettings {
         T: FromClientConfigAndContext<RedactingContext>,
     {
         let redactor = Redactor::new(self.user.iter().map(|(_, value)| value));
-        self.build()
-            .create_with_context(RedactingContext::new(redactor))
-            .map_err(|error| {
-                let names = self.defaults.iter().chain(&self.user).chain(&self.fixed);
-                RefusedConfig::from_error(&error, names.map(|(name, _)| name.as_str()))
-            })
+        self.create_with(RedactingContext::new(redactor))
+    }
+
+    /// A client with `context` whose refused configuration names the
+    /// property, never its value (librdkafka's message quotes it, and a
+    /// misspelt property name carries a password as well as any other).
+    pub fn create_with<C, T>(&self, context: C) -> Result<T, RefusedConfig>
+    where
+        C: ClientContext,
+        T: FromClientConfigAndContext<C>,
+    {
+        self.build().create_with_context(context).map_err(|error| {
+            let names = self.defaults.iter().chain(&self.user).chain(&self.fixed);
+            RefusedConfig::from_error(&error, names.map(|(name, _)| name.as_str()))
+        })
     }
 }
 
-/// A `--*-property` value without a name and an `=`; clap shows it with
-/// the flag's name.
+/// A `--*-property` value without a name and an `=`. It is not repeated:
+/// a misspelt `sasl.password:secret` is a secret all the same.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not name=value")]
-pub struct NotNameValue(String);
+#[error("a Kafka property is not name=value (the text is not shown)")]
+pub struct NotNameValue;
 
 /// A librdkafka property from the command line, `name=value` (the value
-/// may contain `=`); a clap value parser.
+/// may contain `=`).
 pub fn parse_property(text: &str) -> Result<(String, String), NotNameValue> {
     text.split_once('=')
         .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
         .filter(|(name, _)| !name.is_empty())
-        .ok_or_else(|| NotNameValue(text.to_owned()))
+        .ok_or(NotNameValue)
+}
+
+/// [`parse_property`] as a clap value parser whose error names the flag,
+/// never the text: clap's own error for a failed parser quotes the value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PropertyParser;
+
+impl clap::builder::TypedValueParser for PropertyParser {
+    type Value = (String, String);
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        value
+            .to_str()
+            .ok_or(NotNameValue)
+            .and_then(parse_property)
+            .map_err(|error| {
+                let flag = arg.map_or_else(|| "a property flag".to_owned(), ToString::to_string);
+                // A value holding the delimiter arrives in pieces: say so.
+                let split = arg
+                    .and_then(clap::Arg::get_value_delimiter)
+                    .map(|delimiter| format!("; values are split at {delimiter:?}"))
+                    .unwrap_or_default();
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("{flag}: {error}{split}\n"),
+                )
+                .with_cmd(command)
+            })
+    }
 }
 
 fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -216,10 +259,7 @@ mod tests {
             parse_property("sasl.password=a=b").unwrap(),
             ("sasl.password".into(), "a=b".into())
         );
-        assert_eq!(
-            parse_property("nonsense").unwrap_err().to_string(),
-            r#""nonsense" is not name=value"#
-        );
+        assert!(parse_property("nonsense").is_err());
         assert!(parse_property("=6000").is_err());
     }
 
@@ -246,5 +286,44 @@ mod tests {
             ]
         );
         assert_eq!(headers.count(), 3);
+    }
+
+    #[test]
+    fn a_property_that_is_not_name_value_is_refused_without_its_text() {
+        #[derive(clap::Parser, Debug)]
+        struct Flags {
+            #[arg(long = "kafka-property", value_delimiter = ',', value_parser = PropertyParser)]
+            properties: Vec<(String, String)>,
+        }
+        let parse = |value: &str| {
+            <Flags as clap::Parser>::try_parse_from(["worker", "--kafka-property", value])
+        };
+        let flags = parse("sasl.username=osmosis,sasl.password=s3cret").unwrap();
+        assert_eq!(
+            flags.properties[1],
+            ("sasl.password".into(), "s3cret".into())
+        );
+        let error = parse("sasl.password:s3cret").unwrap_err().to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("--kafka-property"), "{error}");
+        // A password holding a comma reaches the parser in pieces.
+        let error = parse("sasl.password=s3c,ret-piece")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("ret-piece"), "{error}");
+        assert!(error.contains("split at ','"), "{error}");
+    }
+
+    #[test]
+    fn a_refused_client_names_the_property_and_never_its_value() {
+        let settings = ClientSettings::new("127.0.0.1:9").user([("sasl.pasword", "s3cret-value")]);
+        let refused = settings
+            .create_with::<_, rdkafka::consumer::BaseConsumer>(
+                rdkafka::consumer::DefaultConsumerContext,
+            )
+            .err()
+            .expect("an unknown property is refused");
+        assert_eq!(refused, RefusedConfig::Property("sasl.pasword".into()));
+        assert!(!refused.to_string().contains("s3cret-value"));
     }
 }

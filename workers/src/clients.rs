@@ -13,7 +13,6 @@ use std::time::Duration;
 use osmosis_support::kafka::{ClientRole, ClientSettings, LoggingContext, check_connection};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::FutureProducer;
@@ -38,9 +37,10 @@ pub(crate) struct Clients {
     pub(crate) producer: FutureProducer,
 }
 
-/// Checks that Kafka answers and accepts the shared properties'
-/// credentials, then creates the consumer (subscribed to the channel) and
-/// the producer, and the dead-letter topic when it is missing.
+/// Creates the consumer and the producer, checks that Kafka answers and
+/// accepts the shared properties' credentials, then subscribes the
+/// consumer to the channel and creates the dead-letter topic when it is
+/// missing.
 pub(crate) async fn connect(
     config: &WorkerConfig,
     metrics: &Arc<Metrics>,
@@ -50,7 +50,7 @@ pub(crate) async fn connect(
     let shared = ClientSettings::new(&config.brokers)
         .user(config.kafka_properties.iter().map(|(k, v)| (k, v)));
     let group = config.group();
-    let consumer_config = shared
+    let consumer_settings = shared
         .clone()
         .defaults(&[
             ("auto.commit.interval.ms", "1000"),
@@ -64,14 +64,20 @@ pub(crate) async fn connect(
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("enable.auto.commit", "true"),
             ("enable.auto.offset.store", "false"),
-        ])
-        .build();
-    let producer_config = shared
+        ]);
+    let producer_settings = shared
         .clone()
         .defaults(&[("linger.ms", "1"), ("message.timeout.ms", "30000")])
         .user(config.producer_properties.iter().map(|(k, v)| (k, v)))
-        .fixed(&[("acks", "all"), ("enable.idempotence", "true")])
-        .build();
+        .fixed(&[("acks", "all"), ("enable.idempotence", "true")]);
+    // Created first (they connect lazily), so that a refused property is
+    // said at once, not after the check's wait; refusals name the property,
+    // never its value: a misspelt property name may carry a password.
+    let consumer: StreamConsumer<WorkerContext> = consumer_settings.create_with(WorkerContext {
+        metrics: metrics.clone(),
+        on_revoke: OnceLock::new(),
+    })?;
+    let producer: FutureProducer = producer_settings.create_with(DefaultClientContext)?;
     // Bad credentials or an untrusted certificate never fail a request,
     // they make it wait: say so at start-up instead.
     let shared_config = shared.build();
@@ -80,24 +86,15 @@ pub(crate) async fn connect(
     })
     .await
     .expect("connection check panicked")?;
-    let consumer: StreamConsumer<WorkerContext> =
-        consumer_config.create_with_context(WorkerContext {
-            metrics: metrics.clone(),
-            on_revoke: OnceLock::new(),
-        })?;
     consumer.subscribe(&[&config.channel])?;
-    let producer: FutureProducer = producer_config.create()?;
-    ensure_dead_letter_topic(&shared.build(), &config.channel).await?;
+    ensure_dead_letter_topic(&shared, &config.channel).await?;
     Ok(Clients { consumer, producer })
 }
 
 /// Creates `<channel>.dlq` like the channel (partitions, replication) when
 /// it is missing, so that a failing request always has somewhere to go.
-async fn ensure_dead_letter_topic(
-    client_config: &ClientConfig,
-    channel: &str,
-) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = client_config.create()?;
+async fn ensure_dead_letter_topic(settings: &ClientSettings, channel: &str) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> = settings.create_with(DefaultClientContext)?;
     let dlq = format!("{channel}.dlq");
     let timeout = Duration::from_secs(10);
     let metadata = admin.inner().fetch_metadata(None, timeout)?;
@@ -232,4 +229,30 @@ fn describe(partitions: &TopicPartitionList) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No broker is needed: the clients refuse the property before any
+    /// connection, and the error names it without its value.
+    #[tokio::test]
+    async fn a_misspelt_property_is_named_and_its_value_never_shown() {
+        let misspelt = || vec![("sasl.pasword".to_owned(), "s3cret-value".to_owned())];
+        let mut configs = [(); 3].map(|()| WorkerConfig::new("127.0.0.1:9", "orders"));
+        configs[0].kafka_properties = misspelt();
+        configs[1].consumer_properties = misspelt();
+        configs[2].producer_properties = misspelt();
+        for config in configs {
+            let error = connect(&config, &Arc::default())
+                .await
+                .err()
+                .expect("refused");
+            let text = error.to_string();
+            assert!(matches!(error, Error::Config(_)), "{text}");
+            assert!(text.contains("sasl.pasword"), "{text}");
+            assert!(!text.contains("s3cret-value"), "{text}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
-use osmosis_support::kafka::parse_property;
+use osmosis_support::kafka::PropertyParser;
 
 /// The default of `--max-in-flight-per-partition`: enough that a reply's
 /// acknowledgement (a few ms) does not bound a partition's rate, few
@@ -114,15 +114,15 @@ pub struct WorkerConfig {
     pub metrics_listen: SocketAddr,
     /// Extra librdkafka property for both the consumer and the producer,
     /// `name=value` (repeatable; e.g. `security.protocol=SASL_SSL`).
-    #[arg(long = "kafka-property", env = "OSMOSIS_WORKER_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    #[arg(long = "kafka-property", env = "OSMOSIS_WORKER_KAFKA_PROPERTIES", value_delimiter = ',', value_parser = PropertyParser)]
     pub kafka_properties: Vec<(String, String)>,
     /// Extra librdkafka property for the consumer only (e.g.
     /// `fetch.max.bytes=1048576`); applied after `--kafka-property`.
-    #[arg(long = "consumer-property", env = "OSMOSIS_WORKER_CONSUMER_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    #[arg(long = "consumer-property", env = "OSMOSIS_WORKER_CONSUMER_PROPERTIES", value_delimiter = ',', value_parser = PropertyParser)]
     pub consumer_properties: Vec<(String, String)>,
     /// Extra librdkafka property for the producer of replies and dead
     /// letters only (e.g. `compression.type=lz4`).
-    #[arg(long = "producer-property", env = "OSMOSIS_WORKER_PRODUCER_PROPERTIES", value_delimiter = ',', value_parser = parse_property)]
+    #[arg(long = "producer-property", env = "OSMOSIS_WORKER_PRODUCER_PROPERTIES", value_delimiter = ',', value_parser = PropertyParser)]
     pub producer_properties: Vec<(String, String)>,
     /// Logging of the worker process: call `log.init()` first thing.
     #[command(flatten)]

@@ -3,7 +3,7 @@
 //! logged, a failing produce retried, so `run` only returns
 //! this before the first message.
 
-use osmosis_support::kafka::ConnectError;
+use osmosis_support::kafka::{ConnectError, RefusedConfig};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -11,6 +11,8 @@ use rdkafka::types::RDKafkaErrorCode;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid Kafka client configuration: {0}")]
+    Config(#[from] RefusedConfig),
+    #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("cannot start: {0}")]
     Connect(#[from] ConnectError),

@@ -20,7 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 
-use super::redact::{Redactor, is_sensitive};
+use super::redact::{Redactor, RefusedConfig, is_sensitive};
 
 /// Which kind of librdkafka client the configuration is for, so that the
 /// check's client takes it without warnings about the other kind's
@@ -35,7 +35,7 @@ pub enum ClientRole {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("invalid Kafka client configuration: {0}")]
-    Config(#[source] KafkaError),
+    Config(#[source] RefusedConfig),
     #[error("Kafka at {brokers} refused to authenticate the client: {reason}")]
     Authentication { brokers: String, reason: String },
     #[error("TLS with Kafka at {brokers} failed: {reason}")]
@@ -81,7 +81,7 @@ pub fn check_connection(
         ClientRole::Producer => {
             let client: BaseProducer<CheckContext> = config
                 .create_with_context(context)
-                .map_err(ConnectError::Config)?;
+                .map_err(|error| refused(&config, &error))?;
             wait(&brokers, timeout, client.context(), |step| {
                 let answer = client.client().fetch_metadata(None, step).map(drop);
                 client.poll(Duration::ZERO);
@@ -91,7 +91,7 @@ pub fn check_connection(
         ClientRole::Consumer => {
             let client: BaseConsumer<CheckContext> = config
                 .create_with_context(context)
-                .map_err(ConnectError::Config)?;
+                .map_err(|error| refused(&config, &error))?;
             wait(&brokers, timeout, client.context(), |step| {
                 let answer = client.fetch_metadata(None, step).map(drop);
                 // Drives the consumer's queue, where client errors arrive.
@@ -100,6 +100,14 @@ pub fn check_connection(
             })
         }
     }
+}
+
+/// The refusal of `config`, naming the property and never its value.
+fn refused(config: &ClientConfig, error: &KafkaError) -> ConnectError {
+    ConnectError::Config(RefusedConfig::from_error(
+        error,
+        config.config_map().keys().copied(),
+    ))
 }
 
 /// Tries `fetch` in short steps until it answers, a fatal report arrives,
@@ -213,4 +221,23 @@ impl ProducerContext for CheckContext {
 
     /// The check produces nothing.
     fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_configuration_is_named_without_its_value() {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.pasword", "s3cret-value");
+        let error = check_connection(&config, ClientRole::Consumer, Duration::from_secs(1))
+            .expect_err("an unknown property");
+        let text = error.to_string();
+        assert!(text.contains("sasl.pasword"), "{text}");
+        assert!(!text.contains("s3cret-value"), "{text}");
+    }
 }
