@@ -14,6 +14,7 @@
 //! - [`lookup`]: the Kafka reads that find any request's events.
 //! - [`tails`]: one shared consumer per followed reply partition.
 //! - [`waiters`]: the requests waiting here and the recent replies.
+//! - `waiting`: what a call holds while it waits for a request's events.
 //! - [`membership`]: which reply partitions this instance owns (Kafka group
 //!   membership), kept in step by the consumer's rebalance callback.
 //! - this file: the [`ReplyHub`] that ties them to waiting clients.
@@ -28,6 +29,7 @@ pub mod lookup;
 pub mod membership;
 pub mod tails;
 pub mod waiters;
+mod waiting;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -40,11 +42,12 @@ use osmosis_protocol::{EventKind, ReplyAddress, ReplyEnvelope, RequestId, header
 use osmosis_support::kafka::{ClientSettings, owned_header_pairs};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use event::{FollowError, FollowReceiver, Owner, ReplyEvent};
 pub use lookup::Lookup;
+pub use waiting::{Awaiting, Waiting};
 
 use crate::config::{KafkaConfig, LookupLimits, RepliesConfig};
 use crate::metrics::Metrics;
@@ -53,86 +56,6 @@ use lookup::ReplyLog;
 use membership::{Change, MembershipContext, Ownership};
 use tails::PartitionTails;
 use waiters::Waiters;
-
-/// A request waiting on this instance for its events. Dropping it — the
-/// reply was sent, or the client went away before an answer — forgets the
-/// request here, so that abandoned requests hold no memory until their
-/// reply or the sweep; a request answered 202 is kept
-/// ([`Waiting::keep_until_replied`]).
-pub struct Waiting {
-    id: RequestId,
-    events: broadcast::Receiver<Arc<ReplyEvent>>,
-    hub: Arc<ReplyHub>,
-    /// The waiter was completed while this receiver lagged: the final reply
-    /// was taken from the cache once.
-    closed: bool,
-    /// The client was answered 202 and will poll: the request stays known
-    /// here as pending (until its reply or the sweep) after this is dropped.
-    keep: bool,
-}
-
-impl Waiting {
-    /// The next event of the request; `None` once there is none to come.
-    pub async fn next(&mut self) -> Option<Arc<ReplyEvent>> {
-        loop {
-            match self.events.recv().await {
-                Ok(event) => return Some(event),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) if !self.closed => {
-                    // Completed while this receiver lagged: the final reply
-                    // is in the cache.
-                    self.closed = true;
-                    return self.hub.recent(&self.id);
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    }
-}
-
-impl Waiting {
-    /// The client got 202 + `Location` and will poll: keep the request
-    /// known here as pending, so polls answer from memory, until its reply
-    /// arrives or the sweep drops it.
-    pub fn keep_until_replied(mut self) {
-        self.keep = true;
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        if !self.keep {
-            self.hub.waiters.forget(&self.id);
-        }
-    }
-}
-
-/// A call waiting for the reply to a request it did not write (an
-/// idempotent retry), accepted by this or any other instance: its events
-/// come through the shared tails ([`ReplyHub::follow`]), and the call
-/// counts among the waiting ones for as long as this lives.
-pub struct Awaiting {
-    events: FollowReceiver,
-    _counted: waiters::Counted,
-}
-
-impl Awaiting {
-    /// The request's final reply; `None` once none can come (the follow's
-    /// time limit, or a Kafka error).
-    pub async fn final_reply(&mut self) -> Option<Arc<ReplyEvent>> {
-        while let Some(received) = self.events.recv().await {
-            match received {
-                Ok(event) if event.envelope.kind == EventKind::Final => return Some(event),
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "following a request's reply failed");
-                    return None;
-                }
-            }
-        }
-        None
-    }
-}
 
 /// Failures of the reply side.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +85,7 @@ pub struct ReplyHub {
     /// Resolves once the consumer has closed.
     left: tokio::sync::Notify,
     /// Requests accepted here waiting for their events, and recent replies.
-    waiters: Waiters,
+    waiters: Arc<Waiters>,
     /// Writes the `accepted` markers.
     writer: Arc<dyn RecordWriter>,
     /// Finds events of requests this instance is not waiting on.
@@ -223,7 +146,7 @@ impl ReplyHub {
             following_released: Mutex::new(HashMap::new()),
             leaving: CancellationToken::new(),
             left: tokio::sync::Notify::new(),
-            waiters: Waiters::new(&replies.cache),
+            waiters: Arc::new(Waiters::new(&replies.cache)),
             writer,
             log: Arc::new(ReplyLog::new(
                 replies.topic.clone(),
@@ -288,7 +211,7 @@ impl ReplyHub {
         Waiting {
             id,
             events,
-            hub: Arc::clone(self),
+            waiters: Arc::clone(&self.waiters),
             closed: false,
             keep: false,
         }
