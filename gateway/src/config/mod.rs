@@ -14,12 +14,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod auth;
+mod defaults;
 mod error;
 mod limits;
 mod load;
 mod validate;
 
 pub use auth::{AccessConfig, ApiKeysConfig, AuthConfig, CorsConfig, JwtConfig, TlsConfig};
+use defaults::*;
 pub use error::ConfigError;
 use error::invalid;
 pub use limits::{
@@ -447,68 +449,8 @@ where
     Ok(out)
 }
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-fn default_shutdown_grace_ms() -> u64 {
-    10_000
-}
-fn default_produce_timeout_ms() -> u64 {
-    5_000
-}
-fn default_metadata_timeout_ms() -> u64 {
-    2_000
-}
-fn default_partitions() -> i32 {
-    1
-}
-fn default_replication_factor() -> i32 {
-    1
-}
 fn default_mode() -> Mode {
     Mode::Publish
-}
-fn default_max_body_bytes() -> usize {
-    1024 * 1024
-}
-fn default_keep_alive_ms() -> u64 {
-    15_000
-}
-fn default_retry_ms() -> u64 {
-    2_000
-}
-fn default_max_connections() -> usize {
-    10_000
-}
-fn default_subscriber_buffer() -> usize {
-    1_024
-}
-fn default_request_stream_ms() -> u64 {
-    600_000
-}
-fn default_timeout_ms() -> u64 {
-    10_000
-}
-fn default_max_wait_ms() -> u64 {
-    60_000
-}
-fn default_replies_topic() -> String {
-    "osmosis.replies".into()
-}
-fn default_assignment_timeout_ms() -> u64 {
-    30_000
-}
-fn default_lookup_max_records() -> u64 {
-    100_000
-}
-fn default_cache_entries() -> u64 {
-    10_000
-}
-fn default_cache_bytes() -> u64 {
-    64 * 1024 * 1024
-}
-fn default_cache_ttl_secs() -> u64 {
-    600
 }
 
 #[cfg(test)]
