@@ -267,7 +267,8 @@ fn durable_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "1")
+        // As the gateway's and the worker's producers.
+        .set("linger.ms", "0")
         .create()
         .context("creating a raw producer")
 }

@@ -67,7 +67,9 @@ pub(crate) async fn connect(
         ]);
     let producer_settings = shared
         .clone()
-        .defaults(&[("linger.ms", "1"), ("message.timeout.ms", "30000")])
+        // No linger: a reply is someone's wait; replies batch under load
+        // while earlier produce requests are in flight anyway.
+        .defaults(&[("linger.ms", "0"), ("message.timeout.ms", "30000")])
         .user(config.producer_properties.iter().map(|(k, v)| (k, v)))
         .fixed(&[("acks", "all"), ("enable.idempotence", "true")]);
     // Created first (they connect lazily), so that a refused property is
