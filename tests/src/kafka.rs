@@ -6,13 +6,14 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use osmosis_protocol::{ReplyAddress, RequestEnvelope, RequestId};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Environment variable naming the test broker's bootstrap address.
@@ -314,6 +315,88 @@ pub fn high_watermarks(brokers: &str, topic: &str) -> HashMap<i32, i64> {
             (p.id(), high)
         })
         .collect()
+}
+
+/// The offsets `group` committed on `topic`'s partitions `0..partitions`
+/// (-1: none yet).
+pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut query = TopicPartitionList::new();
+    for partition in 0..partitions {
+        query.add_partition(topic, partition);
+    }
+    consumer
+        .committed_offsets(query, Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(offset) => (e.partition(), offset),
+            _ => (e.partition(), -1),
+        })
+        .collect()
+}
+
+/// Writes requests as the gateway writes them (envelope, a reply address
+/// on partition 0 of `replies`) into `channel`, one `(key, body)` each, in
+/// order, into `partition` (or the key's partition); returns once every
+/// one is acknowledged.
+pub async fn produce_requests(
+    channel: &str,
+    replies: &str,
+    partition: Option<i32>,
+    requests: impl IntoIterator<Item = (String, String)>,
+) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for (key, body) in requests {
+        let envelope = RequestEnvelope {
+            id: RequestId::new(Some(0)),
+            route: "test".into(),
+            method: "POST".into(),
+            path: "/work".into(),
+            query: None,
+            content_type: Some("text/plain".into()),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            forwarded: Vec::new(),
+            reply_to: Some(ReplyAddress {
+                topic: replies.to_owned(),
+                partition: 0,
+            }),
+            deadline_ms: None,
+            caller: None,
+        };
+        let headers =
+            envelope
+                .to_headers()
+                .into_iter()
+                .fold(OwnedHeaders::new(), |headers, (key, value)| {
+                    headers.insert(Header {
+                        key,
+                        value: Some(value.as_ref()),
+                    })
+                });
+        let mut record = FutureRecord::to(channel)
+            .key(&key)
+            .payload(&body)
+            .headers(headers);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(error, _)| error)
+            .expect("request acknowledged");
+    }
 }
 
 /// A broker of a test's own, started with the project's script on its own

@@ -14,11 +14,6 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use osmosis_e2e::kafka::{self, Record};
 use osmosis_e2e::process::{Worker, binary};
-use osmosis_protocol::{ReplyAddress, RequestEnvelope, RequestId};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const KEYS: usize = 4;
 const PER_KEY: usize = 5;
@@ -28,52 +23,9 @@ const PER_KEY: usize = 5;
 async fn backlog(prefix: &str) -> (String, String) {
     let channel = kafka::create_topic(&format!("{prefix}.requests"), 1).await;
     let replies = kafka::create_topic(&format!("{prefix}.replies"), 1).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
-    for key in 0..KEYS {
-        for seq in 0..PER_KEY {
-            let envelope = RequestEnvelope {
-                id: RequestId::new(Some(0)),
-                route: "ordering".into(),
-                method: "POST".into(),
-                path: "/work".into(),
-                query: None,
-                content_type: Some("text/plain".into()),
-                traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-                forwarded: Vec::new(),
-                reply_to: Some(ReplyAddress {
-                    topic: replies.clone(),
-                    partition: 0,
-                }),
-                deadline_ms: None,
-                caller: None,
-            };
-            let headers = envelope.to_headers().into_iter().fold(
-                OwnedHeaders::new(),
-                |headers, (key, value)| {
-                    headers.insert(Header {
-                        key,
-                        value: Some(value.as_ref()),
-                    })
-                },
-            );
-            let (key, body) = (format!("k{key}"), format!("k{key}/{seq}"));
-            producer
-                .send(
-                    FutureRecord::to(&channel)
-                        .key(&key)
-                        .payload(&body)
-                        .headers(headers),
-                    Duration::from_secs(30),
-                )
-                .await
-                .unwrap();
-        }
-    }
+    let requests = (0..KEYS)
+        .flat_map(|key| (0..PER_KEY).map(move |seq| (format!("k{key}"), format!("k{key}/{seq}"))));
+    kafka::produce_requests(&channel, &replies, None, requests).await;
     (channel, replies)
 }
 
@@ -106,28 +58,16 @@ async fn answered(channel: &str, replies: &str, args: &[&str]) -> Vec<String> {
     let finals = kafka::final_replies(kafka::bootstrap(), replies);
     assert_eq!(finals.len(), total, "one final reply per request");
     assert!(finals.values().all(|n| *n == 1), "{finals:?}");
-    assert_eq!(committed(channel), Offset::Offset(total as i64));
+    let group = format!("{channel}.workers");
+    assert_eq!(
+        kafka::committed_offsets(&group, channel, 1)[&0],
+        total as i64
+    );
     records.iter().map(body).collect()
 }
 
 fn body(record: &Record) -> String {
     String::from_utf8(record.value.clone()).unwrap()
-}
-
-/// The offset the workers' group committed on the channel's partition.
-fn committed(channel: &str) -> Offset {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .set("group.id", format!("{channel}.workers"))
-        .create()
-        .unwrap();
-    let mut partitions = TopicPartitionList::new();
-    partitions.add_partition(channel, 0);
-    consumer
-        .committed_offsets(partitions, Duration::from_secs(10))
-        .unwrap()
-        .elements()[0]
-        .offset()
 }
 
 /// Positions of `key`'s replies in `bodies`, and its bodies in that order.

@@ -9,8 +9,6 @@ use nix::sys::signal::Signal;
 use osmosis_e2e::eventually;
 use osmosis_e2e::kafka::{self, Record};
 use osmosis_e2e::process::{Gateway, Worker};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -411,7 +409,7 @@ async fn a_drained_worker_exits_cleanly_and_nothing_is_lost() {
         Duration::from_secs(30),
         "committed offsets at the end of every partition",
         || {
-            let committed = committed_offsets(&group, &setup.channel, ends.len() as i32);
+            let committed = kafka::committed_offsets(&group, &setup.channel, ends.len() as i32);
             let ends = ends.clone();
             async move { (committed == ends).then_some(()) }
         },
@@ -420,29 +418,6 @@ async fn a_drained_worker_exits_cleanly_and_nothing_is_lost() {
     let replied: HashSet<String> = finals(&setup.replies).into_keys().collect();
     assert_eq!(replied.len(), N, "one distinct reply per request");
     drop(staying);
-}
-
-fn committed_offsets(group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka::bootstrap())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut query = TopicPartitionList::new();
-    for partition in 0..partitions {
-        query.add_partition(topic, partition);
-    }
-    let committed = consumer
-        .committed_offsets(query, Duration::from_secs(10))
-        .unwrap();
-    committed
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(offset) => (e.partition(), offset),
-            _ => (e.partition(), -1),
-        })
-        .collect()
 }
 
 /// A handler that always fails: retried, then a dead-letter record with the

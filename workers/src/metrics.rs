@@ -64,6 +64,7 @@ pub struct Metrics {
     pub refused: Family<RefusalLabels, Counter>,
     pub partition_busy_seconds: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
     pub partitions_stalled: Family<StallLabels, Gauge>,
+    pub partitions_paused: Gauge,
 }
 
 impl Default for Metrics {
@@ -110,6 +111,11 @@ impl Default for Metrics {
                 "partitions_stalled",
                 "Partitions whose message is in process beyond the bound: slow (handler) or stuck (delivery)",
                 Family::default(),
+            ),
+            partitions_paused: registry.add(
+                "partitions_paused",
+                "Partitions not fetched because their pipeline is full (the others are fetched on)",
+                Gauge::default(),
             ),
             registry,
         }

@@ -32,6 +32,12 @@ use crate::progress::Progress;
 /// Messages fetched for a partition and not yet taken by its pipeline.
 const QUEUE_CAPACITY: usize = 64;
 
+/// Free places a full partition's queue needs before the partition is
+/// fetched again: half, so that a partition going at its pipeline's pace
+/// is not paused and resumed (its prefetched messages dropped and fetched
+/// again) on every message.
+pub(crate) const RESUME_ROOM: usize = QUEUE_CAPACITY / 2;
+
 /// The pipeline tasks started so far.
 pub(crate) struct Partitions<H> {
     /// What every pipeline shares.

@@ -12,9 +12,10 @@
 //!
 //! This module is the loop tying the stages together: it starts the
 //! clients (`clients`), fetches messages and queues each on its partition's
-//! pipeline (`partitions` starts, revokes and drains them; `pipeline` keeps
-//! the invariant; `process` handles one message), and on shutdown drains
-//! the pipelines, commits and leaves the group.
+//! pipeline (`partitions` starts, revokes and drains them; `paused` holds
+//! back a partition whose pipeline is full, never the others; `pipeline`
+//! keeps the invariant; `process` handles one message), and on shutdown
+//! drains the pipelines, commits and leaves the group.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,13 +23,15 @@ use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::clients::{self, Clients, WorkerContext};
 use crate::config::WorkerConfig;
 use crate::error::Error;
 use crate::handler::Handler;
 use crate::metrics::Metrics;
-use crate::partitions::Partitions;
+use crate::partitions::{Partitions, RESUME_ROOM};
+use crate::paused::Paused;
 use crate::process::Processor;
 use crate::progress::Progress;
 use crate::replier::Replier;
@@ -65,16 +68,17 @@ pub async fn run<H: Handler>(
     progress.spawn_logger(PROGRESS_LOG_PERIOD);
     let replier = Replier::new(producer, config.delivery_retry());
     let partitions_config = config.clone();
+    let channel = config.channel.clone();
     let processor = Processor::new(handler, config, replier, metrics.clone());
     let partitions = Partitions::new(
         processor,
         consumer.clone(),
-        metrics,
+        metrics.clone(),
         progress,
         &partitions_config,
     );
     consumer.context().on_revoke(Box::new(partitions.revoker()));
-    fetch(&consumer, &partitions, shutdown).await;
+    fetch(&consumer, &partitions, &metrics, &channel, shutdown).await;
 
     tracing::info!(?drain_timeout, "draining: finishing in-flight messages");
     partitions.drain().await;
@@ -87,17 +91,25 @@ pub async fn run<H: Handler>(
 }
 
 /// Takes messages from the consumer and queues each on its partition's
-/// pipeline until `shutdown` resolves.
+/// pipeline until `shutdown` resolves. A partition whose queue is full is
+/// paused (`paused`) rather than waited for, so the others keep flowing.
 async fn fetch<H: Handler>(
     consumer: &StreamConsumer<WorkerContext>,
     partitions: &Partitions<H>,
+    metrics: &Metrics,
+    channel: &str,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut paused = Paused::new(consumer, metrics, channel, RESUME_ROOM);
     loop {
         let message = tokio::select! {
             biased;
             () = &mut shutdown => return,
+            (partition, open) = paused.next_room() => {
+                paused.refill(partition, open);
+                continue;
+            }
             message = consumer.recv() => message,
         };
         let message = match message {
@@ -108,7 +120,16 @@ async fn fetch<H: Handler>(
             }
         };
         let partition = message.partition();
-        let queue = partitions.queue(partition);
+        let (queue, message) = match paused.hand_over(|| partitions.queue(partition), message) {
+            Ok(()) => continue,
+            Err(TrySendError::Closed(_)) => {
+                tracing::error!(partition, "partition task ended unexpectedly");
+                partitions.forget(partition);
+                continue;
+            }
+            // Not paused: the old way, everything waits for this partition.
+            Err(TrySendError::Full(message)) => (partitions.queue(partition), message),
+        };
         tokio::select! {
             biased;
             () = &mut shutdown => return,
