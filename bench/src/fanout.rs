@@ -1,13 +1,18 @@
-//! Fan-out: N concurrent SSE subscribers (HTTP/1.1, one connection each) on
-//! one gateway, records produced to the channel at a fixed rate. Measures
-//! delivery latency from produce to receipt (the record's value is its
-//! produce time), events delivered per second, and the gateway's resident
-//! memory per connection: (RSS with N connections − RSS idle) / N.
+//! Fan-out: N concurrent SSE subscribers on one gateway (HTTP/1.1 with one
+//! connection each, or HTTP/2 with many streams per connection), records
+//! produced to the channel at a fixed rate. Measures delivery latency from
+//! produce to receipt (the record's value is its produce time), events
+//! delivered per second, and the gateway's resident memory per subscriber:
+//! (RSS with N subscribers − RSS idle) / N; next to it the same for
+//! `sse-floor`, the bare HTTP stack holding streams, with hyper's defaults
+//! and with the gateway's listener; with `--baseline-gateway`, another
+//! build of the gateway in the same run.
 //!
 //! The subscribers run in this process with a minimal SSE line scanner (the
 //! tests use a full SSE client library; here the client's own CPU cost would
 //! otherwise be what is measured on a 2-core machine).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,6 +24,8 @@ use osmosis_e2e::kafka;
 use osmosis_e2e::process::Gateway;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::load::header;
 
 #[derive(Parser)]
 pub struct FanoutArgs {
@@ -42,6 +49,10 @@ pub struct FanoutArgs {
     /// Subscribers sharing one HTTP/2 connection.
     #[arg(long, default_value_t = 100)]
     streams_per_connection: usize,
+    /// Another gateway binary measured in the same run after this build's
+    /// (e.g. one built from `main`), for before/after tables.
+    #[arg(long)]
+    baseline_gateway: Option<PathBuf>,
 }
 
 /// Latency histogram: 100 µs buckets up to 10 s, shared by all subscribers.
@@ -178,97 +189,175 @@ async fn subscriber(
 }
 
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let topic = kafka::create_topic_on(&args.brokers, "bench.fanout", 3).await;
     let max = args.subscribers.iter().copied().max().unwrap_or(0);
-    let gateway = Gateway::start(&format!(
-        "listen: 127.0.0.1:0\nkafka: {{ brokers: \"{}\" }}\n\
-         channels: {{ {topic}: {{ partitions: 3, subscribable: true }} }}\n\
-         sse: {{ max_connections: {} }}\n",
-        args.brokers,
-        max + 100,
-    ));
-    let pid = gateway.service.pid();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("linger.ms", "0")
         .create()
         .context("creating the producer")?;
+
+    header(
+        "Fan-out: SSE subscribers on one gateway",
+        &format!(
+            "{} records/s per row for {} s, HTTP/2 with {} subscribers per connection",
+            args.rates
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" and "),
+            args.seconds,
+            args.streams_per_connection
+        ),
+    );
+    // The floors first, on an idle machine: what the HTTP stack costs per
+    // held event stream before any Osmosis code, with hyper's defaults and
+    // with the gateway's own listener and settings.
+    println!("| floor | protocol | subscribers | connections | KiB per subscriber |");
+    println!("|---|---|---:|---:|---:|");
+    for protocol in &args.protocols {
+        for floor in ["stock", "gateway"] {
+            let (per_subscriber, connections) =
+                floor_kib_per_subscriber(floor, protocol, max, args.streams_per_connection).await?;
+            println!(
+                "| sse-floor --http {floor} | {protocol} | {max} | {connections} | {per_subscriber:.1} |"
+            );
+        }
+    }
+    println!();
+    println!(
+        "| gateway | protocol | subscribers | connections | records/s | events delivered/s | expected/s | p50 ms | p99 ms | max ms | RSS idle MiB | RSS with subscribers MiB | KiB per subscriber |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut gateways = vec![("this build".to_owned(), "osmosis-gateway".to_owned())];
+    if let Some(baseline) = &args.baseline_gateway {
+        gateways.push(("baseline".to_owned(), baseline.display().to_string()));
+    }
+    for (label, binary) in &gateways {
+        let gateway = Gateway::start_binary(
+            binary,
+            &format!(
+                "listen: 127.0.0.1:0\nkafka: {{ brokers: \"{}\" }}\n\
+                 channels: {{ {topic}: {{ partitions: 3, subscribable: true }} }}\n\
+                 sse: {{ max_connections: {} }}\n\
+                 limits: {{ connections: {{ max: {}, per_client: {} }} }}\n",
+                args.brokers,
+                max + 100,
+                max + 200,
+                max + 200,
+            ),
+            &[],
+        );
+        measure_gateway(&args, label, &gateway, &topic, &producer).await?;
+    }
+    println!();
+    Ok(())
+}
+
+/// The subscriptions of one measurement: `count` subscribers over
+/// `protocol`, connecting 64 at a time, as a fleet of clients ramps up,
+/// rather than as one burst whose transient peak would be measured instead
+/// of what holding the connections costs. Returns once all are subscribed.
+struct Subscribers {
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Dropped after the tasks, to close the connections.
+    clients: Vec<reqwest::Client>,
+    connections: usize,
+}
+
+impl Subscribers {
+    async fn connect(
+        url: &str,
+        protocol: &str,
+        count: usize,
+        streams_per_connection: usize,
+        latencies: &Arc<Latencies>,
+    ) -> anyhow::Result<Self> {
+        let (clients, connections) = match protocol {
+            "h1" => (
+                vec![
+                    reqwest::Client::builder()
+                        .pool_max_idle_per_host(0)
+                        .build()?,
+                ],
+                count,
+            ),
+            "h2" => {
+                let connections = count.div_ceil(streams_per_connection);
+                let clients = (0..connections)
+                    .map(|_| reqwest::Client::builder().http2_prior_knowledge().build())
+                    .collect::<Result<Vec<_>, _>>()?;
+                (clients, connections)
+            }
+            other => anyhow::bail!("unknown protocol {other:?}: h1 or h2"),
+        };
+        let subscribed = Arc::new(AtomicUsize::new(0));
+        let connecting = Arc::new(tokio::sync::Semaphore::new(64));
+        let tasks: Vec<_> = (0..count)
+            .map(|i| {
+                let permit = connecting.clone();
+                let (client, url, subscribed, latencies) = (
+                    clients[i % clients.len()].clone(),
+                    url.to_owned(),
+                    subscribed.clone(),
+                    latencies.clone(),
+                );
+                tokio::spawn(async move {
+                    let permit = permit.acquire_owned().await.expect("never closed");
+                    subscriber(client, url, subscribed, latencies, Some(permit)).await
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while subscribed.load(Ordering::Relaxed) < count {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {count} subscribers connected",
+                subscribed.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self {
+            tasks,
+            clients,
+            connections,
+        })
+    }
+
+    fn close(self) {
+        self.tasks.iter().for_each(|task| task.abort());
+        drop(self.clients);
+    }
+}
+
+/// Every row of one gateway build: per protocol and subscriber count, the
+/// memory the subscriptions hold and the delivery at each rate.
+async fn measure_gateway(
+    args: &FanoutArgs,
+    label: &str,
+    gateway: &Gateway,
+    topic: &str,
+    producer: &FutureProducer,
+) -> anyhow::Result<()> {
+    let pid = gateway.service.pid();
     let url = gateway.url(&format!("/v1/channels/{topic}"));
     let latencies = Arc::new(Latencies::new());
-
-    let floor = floor_kib_per_connection(max).await?;
-    println!("## Fan-out: SSE subscribers on one gateway\n");
-    println!("`{command}`\n");
-    println!(
-        "| protocol | subscribers | connections | records/s | events delivered/s | expected/s | p50 ms | p99 ms | max ms | RSS idle MiB | RSS with subscribers MiB | KiB per subscriber |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // One subscription first starts the topic's live feed (its Kafka
     // consumer), so that "idle" includes it and the rows measure connections.
-    let warmed = Arc::new(AtomicUsize::new(0));
-    let warm_up = tokio::spawn(subscriber(
-        reqwest::Client::new(),
-        url.clone(),
-        warmed.clone(),
-        Arc::new(Latencies::new()),
-        None,
-    ));
-    while warmed.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let warm_up = Subscribers::connect(&url, "h1", 1, 1, &Arc::new(Latencies::new())).await?;
     for protocol in &args.protocols {
         for &count in &args.subscribers {
             let idle = rss_kib(pid);
-            let subscribed = Arc::new(AtomicUsize::new(0));
-            let (clients, connections) = match protocol.as_str() {
-                "h1" => (
-                    vec![
-                        reqwest::Client::builder()
-                            .pool_max_idle_per_host(0)
-                            .build()?,
-                    ],
-                    count,
-                ),
-                "h2" => {
-                    let connections = count.div_ceil(args.streams_per_connection);
-                    let clients = (0..connections)
-                        .map(|_| reqwest::Client::builder().http2_prior_knowledge().build())
-                        .collect::<Result<Vec<_>, _>>()?;
-                    (clients, connections)
-                }
-                other => anyhow::bail!("unknown protocol {other:?}: h1 or h2"),
-            };
-            // Subscribers connect 64 at a time, as a fleet of clients ramps
-            // up, rather than as one burst whose transient peak would be
-            // measured instead of what holding the connections costs.
-            let connecting = Arc::new(tokio::sync::Semaphore::new(64));
-            let tasks: Vec<_> = (0..count)
-                .map(|i| {
-                    let permit = connecting.clone();
-                    let (client, url, subscribed, latencies) = (
-                        clients[i % clients.len()].clone(),
-                        url.clone(),
-                        subscribed.clone(),
-                        latencies.clone(),
-                    );
-                    tokio::spawn(async move {
-                        let permit = permit.acquire_owned().await.expect("never closed");
-                        subscriber(client, url, subscribed, latencies, Some(permit)).await
-                    })
-                })
-                .collect();
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while subscribed.load(Ordering::Relaxed) < count {
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "only {} of {count} subscribers connected",
-                    subscribed.load(Ordering::Relaxed)
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let subscribers = Subscribers::connect(
+                &url,
+                protocol,
+                count,
+                args.streams_per_connection,
+                &latencies,
+            )
+            .await?;
             let connected = rss_kib(pid);
-            let per_connection = connected.saturating_sub(idle) as f64 / count as f64;
+            let per_subscriber = connected.saturating_sub(idle) as f64 / count as f64;
             for &rate in &args.rates {
                 latencies.reset();
                 let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -280,7 +369,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                     let key = (i % 3).to_string();
                     producer
                         .send(
-                            FutureRecord::to(&topic).key(&key).payload(&value),
+                            FutureRecord::to(topic).key(&key).payload(&value),
                             Duration::from_secs(5),
                         )
                         .await
@@ -295,7 +384,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                 let elapsed = started.elapsed().as_secs_f64().max(args.seconds as f64);
                 let delivered = latencies.count.load(Ordering::Relaxed);
                 println!(
-                    "| {protocol} | {count} | {connections} | {rate} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    "| {label} | {protocol} | {count} | {} | {rate} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    subscribers.connections,
                     delivered as f64 / elapsed,
                     (rate * count as u64) as f64,
                     latencies.quantile_ms(0.5),
@@ -303,13 +393,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                     latencies.quantile_ms(1.0),
                     idle as f64 / 1024.0,
                     connected as f64 / 1024.0,
-                    per_connection,
+                    per_subscriber,
                 );
             }
-            for task in tasks {
-                task.abort();
-            }
-            drop(clients);
+            subscribers.close();
             // Wait for the gateway to notice the disconnects before the next size.
             let settle = Instant::now() + Duration::from_secs(30);
             while Instant::now() < settle {
@@ -321,17 +408,21 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             }
         }
     }
-    warm_up.abort();
-    println!(
-        "\nFloor: a bare axum server holding {max} HTTP/1.1 event streams (`sse-floor`) costs {floor:.1} KiB per connection.\n"
-    );
+    warm_up.close();
     Ok(())
 }
 
-/// Resident memory per HTTP/1.1 connection of `sse-floor` holding `count`
-/// streams: what the HTTP stack costs before any Osmosis code runs.
-async fn floor_kib_per_connection(count: usize) -> anyhow::Result<f64> {
+/// Resident memory per subscriber of `sse-floor --http <http>` holding
+/// `count` streams over `protocol`, and the connections they took.
+async fn floor_kib_per_subscriber(
+    http: &str,
+    protocol: &str,
+    count: usize,
+    streams_per_connection: usize,
+) -> anyhow::Result<(f64, usize)> {
     let mut child = tokio::process::Command::new(osmosis_e2e::process::binary("sse-floor"))
+        .args(["--http", http, "--max-connections"])
+        .arg((count + 100).to_string())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -345,33 +436,17 @@ async fn floor_kib_per_connection(count: usize) -> anyhow::Result<f64> {
         .context("sse-floor address")?
         .to_owned();
     let idle = rss_kib(pid);
-    let subscribed = Arc::new(AtomicUsize::new(0));
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()?;
-    let connecting = Arc::new(tokio::sync::Semaphore::new(64));
-    let latencies = Arc::new(Latencies::new());
-    let tasks: Vec<_> = (0..count)
-        .map(|_| {
-            let (http, url, subscribed, latencies, connecting) = (
-                http.clone(),
-                format!("http://{addr}/"),
-                subscribed.clone(),
-                latencies.clone(),
-                connecting.clone(),
-            );
-            tokio::spawn(async move {
-                let permit = connecting.acquire_owned().await.expect("never closed");
-                subscriber(http, url, subscribed, latencies, Some(permit)).await
-            })
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while subscribed.load(Ordering::Relaxed) < count && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let subscribers = Subscribers::connect(
+        &format!("http://{addr}/"),
+        protocol,
+        count,
+        streams_per_connection,
+        &Arc::new(Latencies::new()),
+    )
+    .await?;
     let held = rss_kib(pid);
-    tasks.iter().for_each(|t| t.abort());
+    let connections = subscribers.connections;
+    subscribers.close();
     child.kill().await.ok();
-    Ok(held.saturating_sub(idle) as f64 / count as f64)
+    Ok((held.saturating_sub(idle) as f64 / count as f64, connections))
 }

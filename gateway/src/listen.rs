@@ -1,9 +1,10 @@
 //! The public listener: accepts connections within the connection caps,
-//! serves HTTP/1 and HTTP/2 with the header-read and idle timeouts and the
-//! header bounds, and shuts down gracefully: on the signal it stops
-//! accepting, lets every connection finish its requests and resolves once
-//! the last one closed (what `axum::serve` does, with hyper's settings
-//! that `axum::serve` does not expose).
+//! serves HTTP/1 and HTTP/2 (by ALPN, or HTTP/2's preface on cleartext)
+//! with the header-read and idle timeouts and the header bounds, and shuts
+//! down gracefully: on the signal it stops accepting, lets every
+//! connection finish its requests and resolves once the last one closed
+//! (what `axum::serve` does, with hyper's settings that `axum::serve` does
+//! not expose, and less memory per connection).
 //!
 //! A connection over a cap gets one 503 + Retry-After and is closed; at
 //! most [`MAX_REFUSING`] such answers are in progress at once, further
@@ -21,9 +22,10 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::Service;
@@ -38,9 +40,22 @@ use tokio_rustls::TlsAcceptor;
 /// Connections being answered 503 at once, at most.
 pub const MAX_REFUSING: usize = 64;
 
+/// How an HTTP/2 client with prior knowledge opens a cleartext connection
+/// (RFC 9113 §3.4): no HTTP/1 request line starts so, as `PRI` is
+/// reserved for it.
+const H2_PREFACE_START: &[u8] = b"PRI ";
+
 /// Serves `app` on `listener` until `signal` resolves, then drains; with
 /// `tls`, each connection's handshake runs first, in its own task and
 /// within [`HANDSHAKE_TIMEOUT`].
+///
+/// Each connection is served by hyper's HTTP/1 or HTTP/2 connection
+/// directly, in a task of its own once its protocol is known (ALPN, or a
+/// cleartext connection's first bytes), rather than by one that can be
+/// either: such a task is as large as the larger protocol's state, and
+/// hyper-util's detection hands HTTP/1 a first read of a few bytes, which
+/// makes it double its read buffer. An event stream holds its connection
+/// for hours, so that is memory held per subscriber.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -49,10 +64,12 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let serving = builder(limits, true);
-    let refusing_builder = builder(limits, false);
+    let http = Arc::new(Http::new(limits));
+    let mut refusing_builder = http.http1.clone();
+    refusing_builder.keep_alive(false);
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let opening = Duration::from_millis(limits.header_read_timeout_ms);
     let graceful = GracefulShutdown::new();
     let mut signal = std::pin::pin!(signal);
     loop {
@@ -71,22 +88,26 @@ pub async fn serve(
             Ok(permit) => {
                 let io = Guarded::new(stream, idle, permit);
                 let service = service(app.clone(), address);
-                match &tls {
-                    None => {
-                        let connection = serving
-                            .serve_connection_with_upgrades(TokioIo::new(io), service)
-                            .into_owned();
-                        let connection = graceful.watch(connection);
-                        tokio::spawn(async move {
-                            if let Err(error) = connection.await {
-                                tracing::debug!(%error, %address, "connection ended with an error");
-                            }
-                        });
-                    }
-                    Some(acceptor) => {
-                        let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
-                        let serving = serving.clone();
-                        tokio::spawn(async move {
+                let (http, watcher, tls) = (Arc::clone(&http), graceful.watcher(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => {
+                            let sniffed =
+                                tokio::time::timeout(opening, speaks_h2(io.get_ref())).await;
+                            let h2 = match sniffed {
+                                Ok(Ok(h2)) => h2,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%error, %address, "connection failed before its first request");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%address, "no request within the header-read timeout");
+                                    return;
+                                }
+                            };
+                            http.spawn(io, h2, service, watcher, address);
+                        }
+                        Some(acceptor) => {
                             let handshake =
                                 tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await;
                             let io = match handshake {
@@ -100,15 +121,11 @@ pub async fn serve(
                                     return;
                                 }
                             };
-                            let connection = serving
-                                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                                .into_owned();
-                            if let Err(error) = watcher.watch(connection).await {
-                                tracing::debug!(%error, %address, "connection ended with an error");
-                            }
-                        });
+                            let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                            http.spawn(io, h2, service, watcher, address);
+                        }
                     }
-                }
+                });
             }
             Err(limit) => refuse(&refusing_builder, &refusing, stream, limit),
         }
@@ -118,23 +135,88 @@ pub async fn serve(
     Ok(())
 }
 
-/// hyper's settings: the timer the timeouts need, the header-read
-/// timeout, the header bounds; `keep_alive` off for refusals.
-fn builder(limits: &ConnectionLimits, keep_alive: bool) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        .keep_alive(keep_alive);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .enable_connect_protocol();
-    builder
+/// Whether a cleartext connection opens with HTTP/2's preface: its first
+/// bytes, peeked (left for hyper to read), decide.
+async fn speaks_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut first = [0u8; H2_PREFACE_START.len()];
+    loop {
+        let peeked = stream.peek(&mut first).await?;
+        if peeked == 0 || first[..peeked] != H2_PREFACE_START[..peeked] {
+            return Ok(false);
+        }
+        if peeked == first.len() {
+            return Ok(true);
+        }
+        // The start of the preface so far, in a packet of its own (rare):
+        // a peek returns at once while bytes wait, so the rest is waited
+        // for a moment rather than in a spin.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// hyper's settings for both protocols: the timer the timeouts need, the
+/// header-read timeout, the header bounds.
+struct Http {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Http {
+    fn new(limits: &ConnectionLimits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+            // The bound on a head is `max_header_size`; `max_buf_size` only
+            // caps the read buffer, which one read can fill past it.
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        Self { http1, http2 }
+    }
+
+    /// Serves `io` over HTTP/2 (`h2`) or HTTP/1 in a task of its own, sized
+    /// for that protocol alone.
+    fn spawn<I, S>(&self, io: I, h2: bool, service: S, watcher: Watcher, address: SocketAddr)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                http::Request<Incoming>,
+                Response = Response,
+                Error = Infallible,
+                Future: Send,
+            > + Clone
+            + Send
+            + 'static,
+    {
+        let io = TokioIo::new(io);
+        if h2 {
+            run(
+                watcher.watch(self.http2.serve_connection(io, service)),
+                address,
+            );
+        } else {
+            run(
+                watcher.watch(self.http1.serve_connection(io, service)),
+                address,
+            );
+        }
+    }
+}
+
+fn run(
+    connection: impl Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    address: SocketAddr,
+) {
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, %address, "connection ended with an error");
+        }
+    });
 }
 
 /// The application as hyper's service, with the client's address in every
@@ -157,12 +239,7 @@ fn service(
 
 /// Answers a connection over a cap with one 503 and closes it; closes it
 /// at once when too many refusals are in progress already.
-fn refuse(
-    builder: &Builder<TokioExecutor>,
-    refusing: &Arc<Semaphore>,
-    stream: TcpStream,
-    limit: Limit,
-) {
+fn refuse(builder: &http1::Builder, refusing: &Arc<Semaphore>, stream: TcpStream, limit: Limit) {
     let Ok(permit) = Arc::clone(refusing).try_acquire_owned() else {
         return;
     };
@@ -179,9 +256,7 @@ fn refuse(
             .into_response(),
         )
     });
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), answer)
-        .into_owned();
+    let connection = builder.serve_connection(TokioIo::new(stream), answer);
     tokio::spawn(async move {
         let _ = connection.await;
         drop(permit);

@@ -236,7 +236,13 @@ impl Gateway {
 
     /// Starts the gateway with extra command-line arguments.
     pub fn start_with(config: &str, args: &[&str]) -> Self {
-        let service = Service::start("osmosis-gateway", config, args, &[]);
+        Self::start_binary("osmosis-gateway", config, args)
+    }
+
+    /// Starts another build of the gateway: `binary` as [`binary`] finds
+    /// it, or an absolute path (e.g. a build of another commit).
+    pub fn start_binary(binary: &str, config: &str, args: &[&str]) -> Self {
+        let service = Service::start(binary, config, args, &[]);
         let addr = service.wait_listening();
         Self { service, addr }
     }

@@ -120,6 +120,11 @@ impl<S> Guarded<S> {
         }
     }
 
+    /// The connection's own stream, e.g. to peek at its first bytes.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Called when the inner stream is not ready: `Err` once idle too long.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         loop {

@@ -143,7 +143,11 @@ impl StreamContext {
             }
         };
         let mut response = Response::new(Body::from_stream(body));
+        // hyper keeps a connection's last response headers for reuse: an
+        // event stream's connection keeps this map for as long as it is
+        // open, so it is sized for its two headers (not the default eight).
         let headers = response.headers_mut();
+        *headers = http::HeaderMap::with_capacity(2);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
