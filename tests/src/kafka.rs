@@ -341,6 +341,19 @@ pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> HashMap<i
         .collect()
 }
 
+/// A request envelope as the record headers the gateway writes.
+pub fn envelope_headers(envelope: &RequestEnvelope) -> OwnedHeaders {
+    envelope
+        .to_headers()
+        .into_iter()
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_ref()),
+            })
+        })
+}
+
 /// Writes requests as the gateway writes them (envelope, a reply address
 /// on partition 0 of `replies`) into `channel`, one `(key, body)` each, in
 /// order, into `partition` (or the key's partition); returns once every
@@ -374,16 +387,7 @@ pub async fn produce_requests(
             deadline_ms: None,
             caller: None,
         };
-        let headers =
-            envelope
-                .to_headers()
-                .into_iter()
-                .fold(OwnedHeaders::new(), |headers, (key, value)| {
-                    headers.insert(Header {
-                        key,
-                        value: Some(value.as_ref()),
-                    })
-                });
+        let headers = envelope_headers(&envelope);
         let mut record = FutureRecord::to(channel)
             .key(&key)
             .payload(&body)
