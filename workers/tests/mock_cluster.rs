@@ -69,6 +69,29 @@ async fn send_keyed_request(brokers: &str, key: Option<&str>, body: &str) -> Req
     id
 }
 
+/// Runs a worker with `config` and `handler` until `count` replies are in
+/// the reply topic, then stops it cleanly; the replies.
+async fn replies_of<H: osmosis_worker::Handler>(
+    brokers: &str,
+    config: WorkerConfig,
+    handler: H,
+    count: usize,
+) -> Vec<OwnedMessage> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = tokio::spawn(osmosis_worker::run(config, handler, async {
+        stopped.await.ok();
+    }));
+    let replies = tokio::task::spawn_blocking({
+        let brokers = brokers.to_owned();
+        move || records(&brokers, REPLIES, count)
+    })
+    .await
+    .unwrap();
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+    replies
+}
+
 /// The first `count` records of `topic`, in partition order, waiting up
 /// to 30 s.
 fn records(brokers: &str, topic: &str, count: usize) -> Vec<OwnedMessage> {
@@ -251,19 +274,7 @@ async fn key_ordering_runs_keys_of_a_partition_at_once_and_each_key_in_order() {
     };
     let mut config = config(&brokers);
     config.ordering = Ordering::Key;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let worker = tokio::spawn(osmosis_worker::run(config, handler, async {
-        stopped.await.ok();
-    }));
-
-    let replies = tokio::task::spawn_blocking({
-        let brokers = brokers.clone();
-        move || records(&brokers, REPLIES, KEYS * PER_KEY)
-    })
-    .await
-    .unwrap();
-    stop.send(()).unwrap();
-    worker.await.unwrap().unwrap();
+    let replies = replies_of(&brokers, config, handler, KEYS * PER_KEY).await;
 
     let bodies: Vec<String> = replies
         .iter()
@@ -312,18 +323,7 @@ async fn partition_ordering_answers_in_offset_order_with_acknowledgements_pipeli
             }
         }
     };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let worker = tokio::spawn(osmosis_worker::run(config(&brokers), handler, async {
-        stopped.await.ok();
-    }));
-    let replies = tokio::task::spawn_blocking({
-        let brokers = brokers.clone();
-        move || records(&brokers, REPLIES, COUNT)
-    })
-    .await
-    .unwrap();
-    stop.send(()).unwrap();
-    worker.await.unwrap().unwrap();
+    let replies = replies_of(&brokers, config(&brokers), handler, COUNT).await;
 
     let in_order: Vec<usize> = (0..COUNT).collect();
     let replied: Vec<usize> = replies
@@ -398,18 +398,7 @@ async fn unacknowledged_replies_hold_back_the_commit_but_not_the_next_handler() 
 
     cluster.broker_up(2).unwrap();
     let echo = |request: Request| async move { Ok(Reply::ok(request.body.clone())) };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let worker = tokio::spawn(osmosis_worker::run(config(&brokers), echo, async {
-        stopped.await.ok();
-    }));
-    let replies = tokio::task::spawn_blocking({
-        let brokers = brokers.clone();
-        move || records(&brokers, REPLIES, COUNT)
-    })
-    .await
-    .unwrap();
+    let replies = replies_of(&brokers, config(&brokers), echo, COUNT).await;
     assert!(replies.len() >= COUNT);
-    stop.send(()).unwrap();
-    worker.await.unwrap().unwrap();
     assert_eq!(committed(&brokers), Offset::Offset(COUNT as i64));
 }
