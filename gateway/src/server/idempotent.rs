@@ -48,7 +48,7 @@ pub(super) async fn publish_once(
     head: &CallHead,
     key: String,
     subject: Option<&str>,
-    mut request: RequestRecord,
+    request: RequestRecord,
 ) -> Result<Response, Problem> {
     let index = state
         .idempotency
@@ -97,12 +97,11 @@ pub(super) async fn publish_once(
         Begin::Proceed(claim) => claim,
     };
     outcome("new");
-    request
-        .record
-        .headers
-        .push((contract::IDEMPOTENCY_KEY.to_owned(), key.into_bytes()));
     let id = request.id;
-    let written = state.write_outcome(route, id, request.record).await;
+    let record = request
+        .record
+        .with_header(contract::IDEMPOTENCY_KEY, key.as_bytes());
+    let written = state.write_outcome(route, id, record).await;
     index
         .finish(claim, &route.channel, written.as_ref().copied())
         .await;
