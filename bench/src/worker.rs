@@ -20,7 +20,6 @@ use osmosis_e2e::kafka;
 use osmosis_e2e::process::Worker;
 use osmosis_protocol::{ReplyAddress, RequestEnvelope, RequestId};
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::load::header;
@@ -185,16 +184,7 @@ async fn fill(args: &WorkerArgs, channel: &str, replies: &str, count: usize) -> 
             deadline_ms: None,
             caller: None,
         };
-        let headers =
-            envelope
-                .to_headers()
-                .into_iter()
-                .fold(OwnedHeaders::new(), |headers, (key, value)| {
-                    headers.insert(Header {
-                        key,
-                        value: Some(value.as_ref()),
-                    })
-                });
+        let headers = kafka::envelope_headers(&envelope);
         let key = format!("k{}", i % args.keys);
         let record = FutureRecord::to(channel)
             .partition(partition)

@@ -326,16 +326,7 @@ pub async fn produce_requests(
             deadline_ms: None,
             caller: None,
         };
-        let headers =
-            envelope
-                .to_headers()
-                .into_iter()
-                .fold(OwnedHeaders::new(), |headers, (key, value)| {
-                    headers.insert(Header {
-                        key,
-                        value: Some(value.as_ref()),
-                    })
-                });
+        let headers = envelope_headers(&envelope);
         let mut record = FutureRecord::to(channel)
             .key(&key)
             .payload(&body)
@@ -349,6 +340,19 @@ pub async fn produce_requests(
             .map_err(|(error, _)| error)
             .expect("request acknowledged");
     }
+}
+
+/// A request envelope as the record headers the gateway writes.
+pub fn envelope_headers(envelope: &RequestEnvelope) -> OwnedHeaders {
+    envelope
+        .to_headers()
+        .into_iter()
+        .fold(OwnedHeaders::new(), |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_ref()),
+            })
+        })
 }
 
 /// A broker of a test's own, started with the project's script on its own
