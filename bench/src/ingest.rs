@@ -8,13 +8,17 @@
 //! The gateway is loaded two ways: by `wrk` (a C load generator in its own
 //! process, light enough that the gateway rather than the client is what is
 //! measured on a 2-core machine) and by an in-process `reqwest` client.
+//! Next to it, in the same run, `wrk` loads `http-floor` (a bare axum
+//! server answering 202 without Kafka): with the raw producer it gives the
+//! physical limit of a gateway sharing the machine's cores,
+//! 1/(1/raw + 1/http); `--baseline-gateway` loads another build too.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use crate::load::{closed_loop, open_loop};
+use crate::load::{closed_loop, header, open_loop};
 use osmosis_e2e::kafka;
 use osmosis_e2e::process::Gateway;
 use rdkafka::ClientConfig;
@@ -37,6 +41,10 @@ pub struct IngestArgs {
     /// Partitions of the benchmark topic.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// Another gateway binary loaded by `wrk` in the same run, row by row
+    /// (e.g. one built from `main`), for before/after tables.
+    #[arg(long)]
+    baseline_gateway: Option<std::path::PathBuf>,
 }
 
 fn raw_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
@@ -50,16 +58,21 @@ fn raw_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 }
 
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let duration = Duration::from_secs(args.seconds);
     let topic = kafka::create_topic_on(&args.brokers, "bench.ingest", args.partitions).await;
-    let gateway = Gateway::start(&format!(
+    let config = format!(
         "listen: 127.0.0.1:0\nkafka: {{ brokers: \"{}\" }}\nchannels: {{ {topic}: {{ partitions: {} }} }}\n\
          routes:\n  - {{ method: POST, path: /ingest, channel: {topic}, max_body_bytes: {} }}\n",
         args.brokers,
         args.partitions,
         args.body_bytes.max(1024 * 1024),
-    ));
+    );
+    let gateway = Gateway::start(&config);
+    let baseline = args
+        .baseline_gateway
+        .as_ref()
+        .map(|binary| Gateway::start_binary(&binary.display().to_string(), &config, &[]));
+    let floor = HttpFloor::start().await?;
     let url = gateway.url("/ingest");
     let body = bytes::Bytes::from(vec![b'x'; args.body_bytes]);
     let http = reqwest::Client::builder()
@@ -94,48 +107,65 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     closed_loop(8, Duration::from_secs(2), gateway_op.clone()).await;
     closed_loop(8, Duration::from_secs(2), raw_op.clone()).await;
 
-    println!(
-        "## Ingest: gateway vs raw rdkafka producer ({} B bodies, {} partitions, acks=all, idempotent)\n",
-        args.body_bytes, args.partitions
+    header(
+        "Ingest: gateway vs raw rdkafka producer and a bare HTTP server",
+        &format!(
+            "{} B bodies, {} partitions, acks=all, idempotent, {} s per cell",
+            args.body_bytes, args.partitions, args.seconds
+        ),
     );
-    println!("`{command}`\n");
     let wrk_script = tempfile_with(&format!(
         "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {})\n",
         args.body_bytes
     ))?;
     println!(
-        "| concurrency | raw rec/s | raw p50 ms | raw p99 ms | gateway (wrk) rec/s | p50 ms | p99 ms | gateway (wrk)/raw | gateway (reqwest) rec/s | p50 ms | p99 ms | errors |"
+        "| concurrency | raw rec/s | raw p50 ms | raw p99 ms | HTTP floor (wrk) req/s | limit rec/s | gateway (wrk) rec/s | p50 ms | p99 ms | gateway/limit | gateway/raw | baseline gateway (wrk) rec/s | gateway (reqwest) rec/s | p50 ms | p99 ms | errors |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut best_gateway = 0.0f64;
-    let mut best_in_process = 0.0f64;
-    let mut best_raw = 0.0f64;
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
     for &concurrency in &args.concurrency {
         let raw = closed_loop(concurrency, duration, raw_op.clone()).await;
-        let wrk = wrk(&url, concurrency, duration, wrk_script.path()).await?;
+        let http = wrk(&floor.url, concurrency, duration, wrk_script.path()).await?;
+        let wrk_run = wrk(&url, concurrency, duration, wrk_script.path()).await?;
+        let before = match &baseline {
+            Some(baseline) => {
+                let url = baseline.url("/ingest");
+                Some(wrk(&url, concurrency, duration, wrk_script.path()).await?)
+            }
+            None => None,
+        };
         let gw = closed_loop(concurrency, duration, gateway_op.clone()).await;
-        best_gateway = best_gateway.max(wrk.rate).max(gw.rate());
-        best_in_process = best_in_process.max(gw.rate());
-        best_raw = best_raw.max(raw.rate());
+        let limit = physical_limit(raw.rate(), http.rate);
         println!(
-            "| {concurrency} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.0}% | {:.0} | {:.2} | {:.2} | {} |",
+            "| {concurrency} | {:.0} | {:.2} | {:.2} | {:.0} | {limit:.0} | {:.0} | {:.2} | {:.2} | {:.0}% | {:.0}% | {} | {:.0} | {:.2} | {:.2} | {} |",
             raw.rate(),
             raw.ms(0.5),
             raw.ms(0.99),
-            wrk.rate,
-            wrk.p50_ms,
-            wrk.p99_ms,
-            100.0 * wrk.rate / raw.rate(),
+            http.rate,
+            wrk_run.rate,
+            wrk_run.p50_ms,
+            wrk_run.p99_ms,
+            100.0 * wrk_run.rate / limit,
+            100.0 * wrk_run.rate / raw.rate(),
+            before
+                .as_ref()
+                .map_or_else(|| "–".to_owned(), |run| format!("{:.0}", run.rate)),
             gw.rate(),
             gw.ms(0.5),
             gw.ms(0.99),
-            gw.errors + wrk.errors,
+            gw.errors + wrk_run.errors,
         );
+        rows.push(Row {
+            concurrency,
+            raw: raw.rate(),
+            http: http.rate,
+            gateway: wrk_run.rate,
+            baseline: before.map(|run| run.rate),
+            in_process: gw.rate(),
+        });
     }
-    println!(
-        "\nBest: gateway {best_gateway:.0} rec/s, raw {best_raw:.0} rec/s: gateway at {:.0}% of the raw producer.\n",
-        100.0 * best_gateway / best_raw
-    );
+    summary(&rows);
+    let best_in_process = rows.iter().map(|row| row.in_process).fold(0.0, f64::max);
 
     // Offered open-loop by this process's own client, which costs about as
     // much CPU per request as the gateway: half of the peak it can drive
@@ -167,6 +197,89 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One concurrency's rates.
+struct Row {
+    concurrency: usize,
+    raw: f64,
+    http: f64,
+    gateway: f64,
+    baseline: Option<f64>,
+    in_process: f64,
+}
+
+/// The physical limit of a gateway on a shared machine: each record costs
+/// the HTTP side's time and the producer's, on the same cores.
+fn physical_limit(raw: f64, http: f64) -> f64 {
+    1.0 / (1.0 / raw + 1.0 / http)
+}
+
+/// The gateway against its limit at its best concurrency, and against the
+/// raw producer at the producer's best.
+fn summary(rows: &[Row]) {
+    let by = |rate: fn(&Row) -> f64| {
+        rows.iter()
+            .max_by(|a, b| rate(a).total_cmp(&rate(b)))
+            .expect("at least one concurrency")
+    };
+    let best = by(|row| row.gateway);
+    let limit = physical_limit(best.raw, best.http);
+    println!(
+        "\nGateway at its best concurrency ({}): {:.0} rec/s, {:.0}% of the physical limit 1/(1/raw + 1/http) = {limit:.0} rec/s there (raw {:.0}, HTTP floor {:.0}).",
+        best.concurrency,
+        best.gateway,
+        100.0 * best.gateway / limit,
+        best.raw,
+        best.http,
+    );
+    let raw_best = by(|row| row.raw);
+    println!(
+        "Raw producer at its best concurrency ({}): {:.0} rec/s; the gateway there: {:.0} rec/s, {:.0}% of it.",
+        raw_best.concurrency,
+        raw_best.raw,
+        raw_best.gateway,
+        100.0 * raw_best.gateway / raw_best.raw,
+    );
+    let at = by(|row| row.baseline.unwrap_or(0.0));
+    if let Some(baseline) = at.baseline {
+        println!(
+            "Baseline gateway at its best concurrency ({}): {baseline:.0} rec/s, {:.0}% of the limit there.",
+            at.concurrency,
+            100.0 * baseline / physical_limit(at.raw, at.http),
+        );
+    }
+    println!();
+}
+
+/// `http-floor`, the bare HTTP server, in a process of its own.
+struct HttpFloor {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+impl HttpFloor {
+    async fn start() -> anyhow::Result<Self> {
+        let mut child = tokio::process::Command::new(osmosis_e2e::process::binary("http-floor"))
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting http-floor")?;
+        let stdout = child.stdout.take().context("http-floor stdout")?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let line = lines
+            .next_line()
+            .await?
+            .context("http-floor said nothing")?;
+        let addr = serde_json::from_str::<serde_json::Value>(&line)?["addr"]
+            .as_str()
+            .context("http-floor address")?
+            .to_owned();
+        Ok(Self {
+            url: format!("http://{addr}/ingest"),
+            _child: child,
+        })
+    }
 }
 
 /// What one `wrk` run measured.

@@ -92,37 +92,17 @@ pub async fn serve(
                 tokio::spawn(async move {
                     match tls {
                         None => {
-                            let sniffed =
-                                tokio::time::timeout(opening, speaks_h2(io.get_ref())).await;
-                            let h2 = match sniffed {
-                                Ok(Ok(h2)) => h2,
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%error, %address, "connection failed before its first request");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%address, "no request within the header-read timeout");
-                                    return;
-                                }
-                            };
-                            http.spawn(io, h2, service, watcher, address);
+                            let sniffed = opened(opening, speaks_h2(io.get_ref()), address).await;
+                            if let Some(h2) = sniffed {
+                                http.spawn(io, h2, service, watcher, address);
+                            }
                         }
                         Some(acceptor) => {
-                            let handshake =
-                                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await;
-                            let io = match handshake {
-                                Ok(Ok(io)) => io,
-                                Ok(Err(error)) => {
-                                    tracing::debug!(%error, %address, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%address, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                            http.spawn(io, h2, service, watcher, address);
+                            let handshake = acceptor.accept(io);
+                            if let Some(io) = opened(HANDSHAKE_TIMEOUT, handshake, address).await {
+                                let h2 = io.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                                http.spawn(io, h2, service, watcher, address);
+                            }
                         }
                     }
                 });
@@ -133,6 +113,27 @@ pub async fn serve(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// What a connection's opening step (the TLS handshake, or its first
+/// bytes) gave within `timeout`; `None`, logged, when it failed or took
+/// longer, and the connection is dropped.
+async fn opened<T>(
+    timeout: Duration,
+    step: impl Future<Output = io::Result<T>>,
+    address: SocketAddr,
+) -> Option<T> {
+    match tokio::time::timeout(timeout, step).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, %address, "connection failed before its first request");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%address, ?timeout, "connection not opened in time");
+            None
+        }
+    }
 }
 
 /// Whether a cleartext connection opens with HTTP/2's preface: its first

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, Method, Uri, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use osmosis_protocol::clock::unix_ms_after;
 use osmosis_protocol::{Caller, ReplyAddress, RequestEnvelope, RequestId, headers as contract};
-use osmosis_support::kafka::owned_header_pairs;
+use osmosis_support::kafka::to_record_headers;
 
 use crate::config::KeySource;
 use crate::problem::Problem;
@@ -71,7 +71,7 @@ impl RequestRecord {
             partition: None,
             key,
             value: body,
-            headers: owned_header_pairs(envelope.to_headers()),
+            headers: to_record_headers(envelope.to_headers()),
         };
         Ok(Self { id, record })
     }

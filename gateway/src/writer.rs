@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use osmosis_support::kafka::{ClientSettings, LoggingContext, RefusedConfig, to_record_headers};
+use osmosis_support::kafka::{ClientSettings, LoggingContext, RefusedConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::config::KafkaConfig;
@@ -30,16 +31,24 @@ pub struct OutboundRecord {
     pub key: Option<Vec<u8>>,
     /// The record value: a request body byte for byte.
     pub value: Bytes,
-    /// Record headers, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Record headers, in order, built once as the producer takes them
+    /// (no copy of names and values between the record and the send).
+    pub headers: OwnedHeaders,
 }
 
 impl OutboundRecord {
     /// Headers as `(name, value)` pairs, e.g. for the protocol's decoders.
     pub fn header_pairs(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-        self.headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), Some(value.as_slice())))
+        self.headers.iter().map(|header| (header.key, header.value))
+    }
+
+    /// The record with one more header.
+    pub fn with_header(mut self, name: &str, value: &[u8]) -> Self {
+        self.headers = std::mem::take(&mut self.headers).insert(Header {
+            key: name,
+            value: Some(value),
+        });
+        self
     }
 }
 
@@ -141,19 +150,20 @@ impl KafkaWriter {
 
 impl RecordWriter for KafkaWriter {
     fn write(&self, record: OutboundRecord) -> BoxFuture<'static, Result<Stored, WriteError>> {
-        let headers = to_record_headers(
-            record
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value)),
-        );
-        let mut kafka_record = FutureRecord::to(&record.topic)
-            .payload(record.value.as_ref())
+        let OutboundRecord {
+            topic,
+            partition,
+            key,
+            value,
+            headers,
+        } = record;
+        let mut kafka_record = FutureRecord::to(&topic)
+            .payload(value.as_ref())
             .headers(headers);
-        if let Some(key) = &record.key {
+        if let Some(key) = &key {
             kafka_record = kafka_record.key(key.as_slice());
         }
-        if let Some(partition) = record.partition {
+        if let Some(partition) = partition {
             kafka_record = kafka_record.partition(partition);
         }
         // librdkafka copies the record into its queue here, so nothing above

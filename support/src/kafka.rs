@@ -16,8 +16,6 @@
 mod check;
 mod redact;
 
-use std::borrow::Cow;
-
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::ConsumerContext;
@@ -172,28 +170,21 @@ pub fn to_record_headers<'a, V>(pairs: impl IntoIterator<Item = (&'a str, V)>) -
 where
     V: AsRef<[u8]>,
 {
-    pairs
-        .into_iter()
-        .fold(OwnedHeaders::new(), |headers, (name, value)| {
-            headers.insert(Header {
-                key: name,
-                value: Some(value.as_ref()),
-            })
+    let pairs = pairs.into_iter();
+    // Sized once: librdkafka grows its header list otherwise.
+    let headers = OwnedHeaders::new_with_capacity(pairs.size_hint().0.max(1));
+    pairs.fold(headers, |headers, (name, value)| {
+        headers.insert(Header {
+            key: name,
+            value: Some(value.as_ref()),
         })
+    })
 }
 
 /// A record's headers as `(name, value)` pairs, as the protocol's decoders
 /// take them.
 pub fn header_pairs<H: Headers>(headers: &H) -> Vec<(&str, Option<&[u8]>)> {
     headers.iter().map(|h| (h.key, h.value)).collect()
-}
-
-/// Owned `(name, value)` pairs from the protocol's borrowed ones.
-pub fn owned_header_pairs(pairs: Vec<(&str, Cow<'_, [u8]>)>) -> Vec<(String, Vec<u8>)> {
-    pairs
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value.into_owned()))
-        .collect()
 }
 
 /// Logs librdkafka's own errors (broker down, authentication failed...)

@@ -42,6 +42,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::message::OwnedHeaders;
 use rdkafka::{Offset, TopicPartitionList};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -344,7 +345,7 @@ impl Idempotency {
                 partition: None,
                 key: Some(scope.0.clone().into_bytes()),
                 value: Bytes::from(record.encode()),
-                headers: Vec::new(),
+                headers: OwnedHeaders::default(),
             })
             .await
             .map_err(|error| IdempotencyError::Unavailable(error.to_string()))?;

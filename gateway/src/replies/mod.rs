@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use osmosis_protocol::{EventKind, ReplyAddress, ReplyEnvelope, RequestId, headers as contract};
-use osmosis_support::kafka::{ClientSettings, owned_header_pairs};
+use osmosis_support::kafka::{ClientSettings, to_record_headers};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use tokio::sync::mpsc;
@@ -252,7 +252,7 @@ impl ReplyHub {
             partition: Some(reply_to.partition),
             key: Some(id.to_string().into_bytes()),
             value: Bytes::from(body),
-            headers: owned_header_pairs(headers),
+            headers: to_record_headers(headers),
         };
         match self.writer.write(marker).await {
             Ok(stored) => Some(stored.offset),

@@ -137,11 +137,9 @@ impl Claimed {
         state: &AppState,
         route: &Route,
         id: RequestId,
-        mut record: OutboundRecord,
+        record: OutboundRecord,
     ) -> Result<Stored, Problem> {
-        record
-            .headers
-            .push((contract::IDEMPOTENCY_KEY.to_owned(), self.key.into_bytes()));
+        let record = record.with_header(contract::IDEMPOTENCY_KEY, self.key.as_bytes());
         let written = state.write_outcome(route, id, record).await;
         if let Some(index) = &state.idempotency {
             index
