@@ -19,6 +19,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::load::{closed_loop, header, open_loop};
+use crate::properties::{self, GatewayProperties};
 use osmosis_e2e::kafka;
 use osmosis_e2e::process::Gateway;
 use rdkafka::ClientConfig;
@@ -45,6 +46,15 @@ pub struct IngestArgs {
     /// (e.g. one built from `main`), for before/after tables.
     #[arg(long)]
     baseline_gateway: Option<std::path::PathBuf>,
+    /// A librdkafka property of the gateway under test (repeatable), e.g.
+    /// `--gateway-property linger.ms=2`.
+    #[arg(long = "gateway-property", value_parser = properties::parse)]
+    gateway_properties: Vec<(String, String)>,
+    /// A librdkafka property of the baseline gateway (repeatable): with
+    /// `--baseline-gateway` set to the same binary, two settings side by
+    /// side in one run.
+    #[arg(long = "baseline-property", value_parser = properties::parse)]
+    baseline_properties: Vec<(String, String)>,
 }
 
 fn raw_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
@@ -60,18 +70,25 @@ fn raw_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
     let topic = kafka::create_topic_on(&args.brokers, "bench.ingest", args.partitions).await;
-    let config = format!(
-        "listen: 127.0.0.1:0\nkafka: {{ brokers: \"{}\" }}\nchannels: {{ {topic}: {{ partitions: {} }} }}\n\
-         routes:\n  - {{ method: POST, path: /ingest, channel: {topic}, max_body_bytes: {} }}\n",
-        args.brokers,
-        args.partitions,
-        args.body_bytes.max(1024 * 1024),
-    );
-    let gateway = Gateway::start(&config);
-    let baseline = args
-        .baseline_gateway
-        .as_ref()
-        .map(|binary| Gateway::start_binary(&binary.display().to_string(), &config, &[]));
+    let properties = GatewayProperties(args.gateway_properties.clone());
+    let baseline_properties = GatewayProperties(args.baseline_properties.clone());
+    let config = |properties: &GatewayProperties| {
+        format!(
+            "listen: 127.0.0.1:0\n{}channels: {{ {topic}: {{ partitions: {} }} }}\n\
+             routes:\n  - {{ method: POST, path: /ingest, channel: {topic}, max_body_bytes: {} }}\n",
+            properties.kafka_yaml(&args.brokers),
+            args.partitions,
+            args.body_bytes.max(1024 * 1024),
+        )
+    };
+    let gateway = Gateway::start(&config(&properties));
+    let baseline = args.baseline_gateway.as_ref().map(|binary| {
+        Gateway::start_binary(
+            &binary.display().to_string(),
+            &config(&baseline_properties),
+            &[],
+        )
+    });
     let floor = HttpFloor::start().await?;
     let url = gateway.url("/ingest");
     let body = bytes::Bytes::from(vec![b'x'; args.body_bytes]);
@@ -110,8 +127,19 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     header(
         "Ingest: gateway vs raw rdkafka producer and a bare HTTP server",
         &format!(
-            "{} B bodies, {} partitions, acks=all, idempotent, {} s per cell",
-            args.body_bytes, args.partitions, args.seconds
+            "{} B bodies, {} partitions, acks=all, idempotent, {} s per cell; gateway properties: {}{}",
+            args.body_bytes,
+            args.partitions,
+            args.seconds,
+            properties.describe(),
+            match &args.baseline_gateway {
+                Some(binary) => format!(
+                    "; baseline `{}` with properties: {}",
+                    binary.display(),
+                    baseline_properties.describe()
+                ),
+                None => String::new(),
+            },
         ),
     );
     let wrk_script = tempfile_with(&format!(

@@ -26,6 +26,7 @@ mod fanout;
 mod fleet;
 mod ingest;
 mod load;
+mod properties;
 mod reaction;
 mod reply;
 mod worker;

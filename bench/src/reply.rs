@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 use crate::fleet::request_op;
 use crate::load::{Sample, header, open_loop};
+use crate::properties::{self, GatewayProperties};
 
 #[derive(Parser)]
 pub struct ReplyArgs {
@@ -53,15 +54,8 @@ pub struct ReplyArgs {
     worker_args: Vec<String>,
     /// A librdkafka property of the gateway's clients (repeatable), e.g.
     /// `--gateway-property linger.ms=0`.
-    #[arg(long = "gateway-property", value_parser = parse_property)]
+    #[arg(long = "gateway-property", value_parser = properties::parse)]
     gateway_properties: Vec<(String, String)>,
-}
-
-fn parse_property(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
-    Ok((key.to_owned(), value.to_owned()))
 }
 
 pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
@@ -74,19 +68,14 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
     let worker_args: Vec<&str> = args.worker_args.iter().map(String::as_str).collect();
     let worker = Worker::start("examples/echo", &args.brokers, &channel, &worker_args);
     worker.wait_assigned();
-    let properties: Vec<String> = args
-        .gateway_properties
-        .iter()
-        .map(|(key, value)| format!("{key}: \"{value}\""))
-        .collect();
+    let properties = GatewayProperties(args.gateway_properties.clone());
     let gateway = Gateway::start(&format!(
         "listen: 127.0.0.1:0\n\
-         kafka: {{ brokers: \"{brokers}\", properties: {{ {properties} }} }}\n\
+         {kafka}\
          channels: {{ {channel}: {{}} }}\n\
          replies: {{ topic: {replies} }}\n\
          routes:\n  - {{ method: POST, path: /work, channel: {channel}, mode: request, timeout_ms: 30000, max_wait_ms: 30000 }}\n",
-        brokers = args.brokers,
-        properties = properties.join(", "),
+        kafka = properties.kafka_yaml(&args.brokers),
     ));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -116,11 +105,7 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
             } else {
                 worker_args.join(" ")
             },
-            if properties.is_empty() {
-                "defaults".to_owned()
-            } else {
-                properties.join(", ")
-            },
+            properties.describe(),
             args.partitions,
             args.seconds,
         ),
