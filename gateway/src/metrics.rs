@@ -1,7 +1,11 @@
 //! The gateway's Prometheus metrics, all prefixed `osmosis_gateway_`.
 
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use axum::extract::MatchedPath;
 use osmosis_support::metrics::{RegisterMetric, render};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -11,22 +15,59 @@ use prometheus_client::registry::Registry;
 /// Labels of a finished HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// Matched path pattern, or `unmatched`.
-    pub route: String,
-    pub method: String,
+    pub route: RoutePattern,
+    pub method: &'static str,
     pub status: u16,
 }
 
 /// Labels of a duration measured per route pattern.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: String,
+    pub route: RoutePattern,
+}
+
+/// A request's route label: the router's own pattern (shared, so that
+/// counting a request copies no string), or `unmatched`.
+#[derive(Clone, Debug)]
+pub enum RoutePattern {
+    Matched(MatchedPath),
+    Unmatched,
+}
+
+impl RoutePattern {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Matched(path) => path.as_str(),
+            Self::Unmatched => "unmatched",
+        }
+    }
+}
+
+impl PartialEq for RoutePattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RoutePattern {}
+
+impl Hash for RoutePattern {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for RoutePattern {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 /// Labels of a produce to a channel.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChannelLabels {
-    pub channel: String,
+    /// Shared with the route, so that timing a produce copies no string.
+    pub channel: Arc<str>,
 }
 
 /// Labels of event-stream metrics: `request` or `channel`.

@@ -1,6 +1,7 @@
 //! A configured route, prepared once for the request path: names
 //! lower-cased, durations typed, header names parsed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method};
@@ -13,8 +14,9 @@ pub struct Route {
     pub label: String,
     /// The HTTP method the route answers.
     pub method: Method,
-    /// Channel topic the requests are written to.
-    pub channel: String,
+    /// Channel topic the requests are written to (shared by every record
+    /// and metric of the route).
+    pub channel: Arc<str>,
     pub mode: Mode,
     /// Where the routing key comes from; header names lower case.
     pub key: Option<KeySource>,
@@ -37,7 +39,7 @@ impl From<&RouteConfig> for Route {
             label: config.label(),
             method: Method::from_bytes(config.method.to_ascii_uppercase().as_bytes())
                 .expect("validated with the configuration"),
-            channel: config.channel.clone(),
+            channel: Arc::from(config.channel.as_str()),
             mode: config.mode,
             key: match &config.key {
                 Some(KeySource::Header(name)) => Some(KeySource::Header(name.to_ascii_lowercase())),

@@ -7,6 +7,7 @@
 //! producer with `acks=all`); fast unit tests of the HTTP layer substitute
 //! an in-memory writer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,8 +24,8 @@ use crate::config::KafkaConfig;
 /// onto a reply partition.
 #[derive(Debug)]
 pub struct OutboundRecord {
-    /// Destination topic.
-    pub topic: String,
+    /// Destination topic (a route's channel shares its name, not a copy).
+    pub topic: Arc<str>,
     /// Destination partition; `None` lets the key (or the partitioner) decide.
     pub partition: Option<i32>,
     /// Routing key; `None` lets the partitioner spread records.

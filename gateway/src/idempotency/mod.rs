@@ -341,7 +341,7 @@ impl Idempotency {
         let stored = self
             .writer
             .write(OutboundRecord {
-                topic: self.topic.clone(),
+                topic: Arc::from(self.topic.as_str()),
                 partition: None,
                 key: Some(scope.0.clone().into_bytes()),
                 value: Bytes::from(record.encode()),

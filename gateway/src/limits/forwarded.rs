@@ -15,18 +15,14 @@
 //! stay per peer.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use http::HeaderMap;
 use http::header::GetAll;
 use ipnet::IpNet;
 
 use crate::config::ClientAddressHeader;
 
-/// The client of a request, as [`attach`] found it.
+/// The client of a request, as [`ClientAddresses::resolve`] found it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
 
@@ -127,24 +123,6 @@ fn node(text: &str) -> Result<IpAddr, &'static str> {
         .and_then(|inner| inner.parse::<std::net::Ipv6Addr>().ok())
         .map(IpAddr::V6)
         .ok_or("not an address")
-}
-
-/// Middleware: names every request's client ([`ClientAddress`]) for the
-/// layers and handlers inside.
-pub async fn attach(
-    State(clients): State<Arc<ClientAddresses>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(address)| address.ip());
-    if let Some(peer) = peer {
-        let client = clients.resolve(peer, request.headers());
-        request.extensions_mut().insert(ClientAddress(client));
-    }
-    next.run(request).await
 }
 
 #[cfg(test)]

@@ -10,21 +10,18 @@
 //! the one [`super::forwarded`] names (behind trusted proxies, the one
 //! they forward), else the peer.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::HeaderValue;
 
 use super::client::ClientKey;
-use super::forwarded::ClientAddress;
 use crate::config::{RateLimits as RateConfig, TokenBucket};
 use crate::metrics::{Limit, Metrics};
 use crate::problem::Problem;
@@ -153,35 +150,16 @@ impl Limited {
     }
 }
 
-/// Middleware: every call to a public route takes a token from its
-/// client's and its route's buckets, or gets 429.
-pub async fn enforce(
-    State(rate): State<Arc<RateLimits>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let path = request.uri().path();
-    if EXEMPT.contains(&path) {
-        return next.run(request).await;
-    }
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    let extensions = request.extensions();
-    let client = match extensions.get::<ClientAddress>() {
-        Some(ClientAddress(client)) => Some(*client),
-        None => extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip()),
-    }
-    .map(ClientKey::of);
-    match rate.check(client, route) {
-        Ok(()) => next.run(request).await,
-        Err(limited) => {
-            rate.metrics.limited(limited.limit);
-            limited.into_response()
+impl RateLimits {
+    /// A call to `route` (its pattern, or `unmatched`) at `path` from
+    /// `client` takes a token from its client's and its route's buckets,
+    /// or is [`Limited`] (counted). Probes and scrapes always pass.
+    pub fn admit(&self, path: &str, route: &str, client: Option<IpAddr>) -> Result<(), Limited> {
+        if EXEMPT.contains(&path) {
+            return Ok(());
         }
+        self.check(client.map(ClientKey::of), route)
+            .inspect_err(|limited| self.metrics.limited(limited.limit))
     }
 }
 

@@ -248,7 +248,7 @@ impl ReplyHub {
             headers.push((contract::SUBJECT, Cow::Borrowed(subject.as_bytes())));
         }
         let marker = OutboundRecord {
-            topic: reply_to.topic.clone(),
+            topic: Arc::from(reply_to.topic.as_str()),
             partition: Some(reply_to.partition),
             key: Some(id.to_string().into_bytes()),
             value: Bytes::from(body),

@@ -7,7 +7,9 @@
 //! - [`requests`]: request mode and `GET /v1/requests/{id}`: where a reply
 //!   reaches the client as a response.
 //! - [`channels`]: `GET /v1/channels/{name}`, live subscriptions.
-//! - [`ops`]: `/healthz`, `/readyz`, `/metrics` and the request metrics.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
+//! - `edge`: what every call passes first: its client, rate limits, the
+//!   request metrics.
 //! - [`accepted`], [`prefer`]: the 202 answer and the `Prefer` header.
 //! - [`cors`]: which browser origins may call what.
 //! - [`idempotent`]: calls with an `Idempotency-Key` (claim, claimed write,
@@ -21,6 +23,7 @@
 pub mod accepted;
 pub mod channels;
 pub mod cors;
+mod edge;
 pub mod idempotent;
 pub mod ops;
 pub mod prefer;
@@ -68,35 +71,28 @@ pub fn apps(config: &Config, state: AppState) -> (Router, Option<Router>) {
         public = public.nest_service(&files.path, ServeDir::new(&files.dir));
     }
     let ops = match config.ops_listen {
-        Some(_) => Some(with_fallbacks(ops::routes(), &state)),
+        Some(_) => Some(with_edge(ops::routes(), &state, false)),
         None => {
             public = public.merge(ops::routes());
             None
         }
     };
     // Rate limits on the public routes (probes and scrapes are exempt).
-    public = public.layer(middleware::from_fn_with_state(
-        Arc::clone(&state.limits.rate),
-        crate::limits::rate::enforce,
-    ));
-    (with_fallbacks(public, &state), ops)
+    (with_edge(public, &state, true), ops)
 }
 
-/// Problem+json for unknown paths and methods, the request metrics, and
-/// every request's client (behind trusted proxies, the one they forward).
-fn with_fallbacks(router: Router<Arc<AppState>>, state: &Arc<AppState>) -> Router {
+/// Problem+json for unknown paths and methods, and the [`edge`] every call
+/// passes first.
+fn with_edge(router: Router<Arc<AppState>>, state: &Arc<AppState>, rate_limited: bool) -> Router {
+    let edge = edge::Edge {
+        state: Arc::clone(state),
+        rate_limited,
+    };
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            ops::track_request,
-        ))
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state.limits.clients),
-            crate::limits::forwarded::attach,
-        ))
-        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(edge, edge::serve))
+        .with_state(Arc::clone(state))
 }
 
 async fn not_found(uri: Uri) -> Problem {

@@ -110,10 +110,10 @@ async fn method_and_path_pick_the_route_and_its_channel() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let written = writer.written.lock().unwrap();
-    assert_eq!(written[0].topic, "orders");
+    assert_eq!(&*written[0].topic, "orders");
     assert_eq!(envelope(&written[0]).route, "create");
     assert_eq!(written[0].key.as_deref(), Some(&b"7"[..]));
-    assert_eq!(written[1].topic, "audit");
+    assert_eq!(&*written[1].topic, "audit");
     assert_eq!(envelope(&written[1]).route, "replace");
     assert_eq!(written[1].key, None);
 }
