@@ -102,7 +102,15 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
         move || {
             let request = http.post(&url).body(body.clone()).send();
-            async move { matches!(request.await, Ok(r) if r.status() == 202) }
+            async move {
+                let failure = match request.await {
+                    Ok(response) if response.status() == 202 => return true,
+                    Ok(response) => format!("status {}", response.status()),
+                    Err(error) => format!("{error:?}"),
+                };
+                note_failure(&failure);
+                false
+            }
         }
     };
     let raw_op = {
@@ -225,6 +233,15 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Shows the first few failed gateway requests on stderr, so that an
+/// `errors` cell can be explained.
+fn note_failure(failure: &str) {
+    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+        eprintln!("ingest: a gateway request failed: {failure}");
+    }
 }
 
 /// One concurrency's rates.

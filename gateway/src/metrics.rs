@@ -73,7 +73,7 @@ pub struct ChannelLabels {
 /// Labels of event-stream metrics: `request` or `channel`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 /// Labels of a bound that bit: which one, from [`Limit`]'s closed set.

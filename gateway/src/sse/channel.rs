@@ -34,7 +34,7 @@ pub fn channel_stream(context: &StreamContext, subscription: ChannelStream) -> R
         key,
         format,
     } = subscription;
-    let context_ = context.clone();
+    let context_ = context.for_stream();
     let stream = async_stream::stream! {
         let context = context_;
         let mut cursor = start.unwrap_or_else(|| live.snapshot.clone());

@@ -11,6 +11,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http::{HeaderValue, header};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -31,9 +32,15 @@ pub struct StreamContext {
     /// One permit per open stream: the connection cap.
     permits: Arc<Semaphore>,
     /// Cancelled when the gateway shuts down: every stream ends with a
-    /// `shutdown` event telling the client where to resume.
+    /// `shutdown` event telling the client where to resume. Each stream
+    /// waits on a child of its own ([`Self::for_stream`]): a token's waiters
+    /// share one lock, which ten thousand streams woken for every record
+    /// would otherwise all take.
     shutdown: CancellationToken,
     pub(super) metrics: Arc<Metrics>,
+    /// `sse_events` by kind, resolved once rather than looked up (a lock
+    /// and a hash) for every event of every stream.
+    events_sent: [Counter; 2],
 }
 
 /// The kind label of stream metrics.
@@ -44,13 +51,14 @@ pub enum StreamKind {
 }
 
 impl StreamKind {
+    const ALL: [StreamKind; 2] = [StreamKind::Request, StreamKind::Channel];
+
     fn label(self) -> StreamLabels {
         StreamLabels {
             kind: match self {
                 StreamKind::Request => "request",
                 StreamKind::Channel => "channel",
-            }
-            .to_owned(),
+            },
         }
     }
 }
@@ -77,7 +85,17 @@ impl StreamContext {
             request_stream_limit: Duration::from_millis(config.request_stream_ms),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             shutdown,
+            events_sent: StreamKind::ALL
+                .map(|kind| metrics.sse_events.get_or_create(&kind.label()).clone()),
             metrics,
+        }
+    }
+
+    /// The context one stream keeps: its own child of the shutdown token.
+    pub(super) fn for_stream(&self) -> Self {
+        Self {
+            shutdown: self.shutdown.child_token(),
+            ..self.clone()
         }
     }
 
@@ -157,6 +175,6 @@ impl StreamContext {
     }
 
     pub(super) fn sent(&self, kind: StreamKind) {
-        self.metrics.sse_events.get_or_create(&kind.label()).inc();
+        self.events_sent[kind as usize].inc();
     }
 }

@@ -18,7 +18,7 @@ pub fn own_request_stream(
     accepted: Bytes,
     mut waiting: Waiting,
 ) -> Response {
-    let context_ = context.clone();
+    let context_ = context.for_stream();
     let stream = async_stream::stream! {
         let context = context_;
         yield accepted;
@@ -58,7 +58,7 @@ pub fn followed_request_stream(
     open: OpenStream,
     mut events: FollowReceiver,
 ) -> Response {
-    let context_ = context.clone();
+    let context_ = context.for_stream();
     let stream = async_stream::stream! {
         let context = context_;
         loop {
