@@ -4,9 +4,10 @@
 //! produce to receipt (the record's value is its produce time), events
 //! delivered per second, and the gateway's resident memory per subscriber:
 //! (RSS with N subscribers − RSS idle) / N; next to it the same for
-//! `sse-floor`, the bare HTTP stack holding streams, with hyper's defaults
-//! and with the gateway's listener; with `--baseline-gateway`, another
-//! build of the gateway in the same run.
+//! `sse-floor`, the bare HTTP stack holding streams and fanning out events
+//! POSTed to it (no Kafka), with hyper's defaults and with the gateway's
+//! listener; with `--baseline-gateway`, another build of the gateway in the
+//! same run.
 //!
 //! The subscribers run in this process with a minimal SSE line scanner (the
 //! tests use a full SSE client library; here the client's own CPU cost would
@@ -213,15 +214,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     // The floors first, on an idle machine: what the HTTP stack costs per
     // held event stream before any Osmosis code, with hyper's defaults and
     // with the gateway's own listener and settings.
-    println!("| floor | protocol | subscribers | connections | KiB per subscriber |");
-    println!("|---|---|---:|---:|---:|");
+    println!(
+        "| floor | protocol | subscribers | connections | KiB per subscriber | records/s | events delivered/s | p50 ms | p99 ms | max ms |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for protocol in &args.protocols {
         for floor in ["stock", "gateway"] {
-            let (per_subscriber, connections) =
-                floor_kib_per_subscriber(floor, protocol, max, args.streams_per_connection).await?;
-            println!(
-                "| sse-floor --http {floor} | {protocol} | {max} | {connections} | {per_subscriber:.1} |"
-            );
+            measure_floor(&args, floor, protocol, max).await?;
         }
     }
     println!();
@@ -359,13 +358,7 @@ async fn measure_gateway(
             let connected = rss_kib(pid);
             let per_subscriber = connected.saturating_sub(idle) as f64 / count as f64;
             for &rate in &args.rates {
-                latencies.reset();
-                let interval = Duration::from_secs_f64(1.0 / rate as f64);
-                let total = rate * args.seconds;
-                let started = Instant::now();
-                for i in 0..total {
-                    tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
-                    let value = now_micros().to_string();
+                let publish = |i: u64, value: String| async move {
                     let key = (i % 3).to_string();
                     producer
                         .send(
@@ -373,24 +366,18 @@ async fn measure_gateway(
                             Duration::from_secs(5),
                         )
                         .await
-                        .map_err(|(e, _)| e)?;
-                }
-                // Let the last records arrive.
-                let expected = total * count as u64;
-                let drain = Instant::now() + Duration::from_secs(10);
-                while latencies.count.load(Ordering::Relaxed) < expected && Instant::now() < drain {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let elapsed = started.elapsed().as_secs_f64().max(args.seconds as f64);
-                let delivered = latencies.count.load(Ordering::Relaxed);
+                        .map(|_| ())
+                        .map_err(|(error, _)| anyhow::Error::from(error))
+                };
+                let delivery = deliver(args, rate, count, &latencies, publish).await?;
                 println!(
                     "| {label} | {protocol} | {count} | {} | {rate} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
                     subscribers.connections,
-                    delivered as f64 / elapsed,
+                    delivery.per_second,
                     (rate * count as u64) as f64,
-                    latencies.quantile_ms(0.5),
-                    latencies.quantile_ms(0.99),
-                    latencies.quantile_ms(1.0),
+                    delivery.p50_ms,
+                    delivery.p99_ms,
+                    delivery.max_ms,
                     idle as f64 / 1024.0,
                     connected as f64 / 1024.0,
                     per_subscriber,
@@ -412,14 +399,59 @@ async fn measure_gateway(
     Ok(())
 }
 
-/// Resident memory per subscriber of `sse-floor --http <http>` holding
-/// `count` streams over `protocol`, and the connections they took.
-async fn floor_kib_per_subscriber(
+/// What subscribers received of the events published at one rate.
+struct Delivery {
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// Publishes `rate` events a second for the run's seconds, each valued
+/// with its send time, then waits (up to 10 s) until the `count`
+/// subscribers recording into `latencies` got every one.
+async fn deliver<F, Fut>(
+    args: &FanoutArgs,
+    rate: u64,
+    count: usize,
+    latencies: &Latencies,
+    publish: F,
+) -> anyhow::Result<Delivery>
+where
+    F: Fn(u64, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    latencies.reset();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let total = rate * args.seconds;
+    let started = Instant::now();
+    for i in 0..total {
+        tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
+        publish(i, now_micros().to_string()).await?;
+    }
+    let expected = total * count as u64;
+    let drain = Instant::now() + Duration::from_secs(10);
+    while latencies.count.load(Ordering::Relaxed) < expected && Instant::now() < drain {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(args.seconds as f64);
+    Ok(Delivery {
+        per_second: latencies.count.load(Ordering::Relaxed) as f64 / elapsed,
+        p50_ms: latencies.quantile_ms(0.5),
+        p99_ms: latencies.quantile_ms(0.99),
+        max_ms: latencies.quantile_ms(1.0),
+    })
+}
+
+/// The rows of `sse-floor --http <http>` holding `count` streams over
+/// `protocol`: resident memory per subscriber, and delivery at each rate
+/// of events POSTed to it (no Kafka: the HTTP stack's own fan-out).
+async fn measure_floor(
+    args: &FanoutArgs,
     http: &str,
     protocol: &str,
     count: usize,
-    streams_per_connection: usize,
-) -> anyhow::Result<(f64, usize)> {
+) -> anyhow::Result<()> {
     let mut child = tokio::process::Command::new(osmosis_e2e::process::binary("sse-floor"))
         .args(["--http", http, "--max-connections"])
         .arg((count + 100).to_string())
@@ -436,17 +468,34 @@ async fn floor_kib_per_subscriber(
         .context("sse-floor address")?
         .to_owned();
     let idle = rss_kib(pid);
+    let latencies = Arc::new(Latencies::new());
     let subscribers = Subscribers::connect(
         &format!("http://{addr}/"),
         protocol,
         count,
-        streams_per_connection,
-        &Arc::new(Latencies::new()),
+        args.streams_per_connection,
+        &latencies,
     )
     .await?;
-    let held = rss_kib(pid);
+    let per_subscriber = rss_kib(pid).saturating_sub(idle) as f64 / count as f64;
     let connections = subscribers.connections;
+    let publisher = reqwest::Client::new();
+    let url = format!("http://{addr}/publish");
+    for &rate in &args.rates {
+        let publish = |_: u64, value: String| {
+            let request = publisher.post(&url).body(value).send();
+            async move {
+                request.await?.error_for_status()?;
+                Ok(())
+            }
+        };
+        let delivery = deliver(args, rate, count, &latencies, publish).await?;
+        println!(
+            "| sse-floor --http {http} | {protocol} | {count} | {connections} | {per_subscriber:.1} | {rate} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            delivery.per_second, delivery.p50_ms, delivery.p99_ms, delivery.max_ms,
+        );
+    }
     subscribers.close();
     child.kill().await.ok();
-    Ok((held.saturating_sub(idle) as f64 / count as f64, connections))
+    Ok(())
 }
