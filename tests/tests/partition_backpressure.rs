@@ -1,8 +1,9 @@
 //! One held-up partition does not hold the others back. The `slow` worker
 //! holds every request keyed `held` (its handler waits until a request
 //! keyed `held.release` is handled), and partition 0 holds more of them
-//! than the worker takes in at once (its pipeline and queue), so the
-//! worker pauses that partition (`osmosis_worker_partitions_paused` 1).
+//! than the worker keeps in memory for a partition (its pipeline, its queue
+//! and 4 MiB held), so the worker pauses that partition
+//! (`osmosis_worker_partitions_paused` 1).
 //! Requests written to partitions 1 and 2 after that are all answered
 //! while partition 0 is still held — the control: not one of its requests
 //! has a reply yet. Once released, partition 0's requests are answered in
@@ -16,8 +17,11 @@ use nix::sys::signal::Signal;
 use osmosis_e2e::kafka::{self, Record};
 use osmosis_e2e::process::{Worker, binary};
 
-/// Requests on the held partition: more than its pipeline and queue take.
+/// Requests on the held partition, of [`HELD_BYTES`] each: more than the
+/// worker takes in for a partition before pausing it (its pipeline, its
+/// queue and 4 MiB held).
 const HELD: usize = 200;
+const HELD_BYTES: usize = 64 * 1024;
 /// Requests on each of the two other partitions.
 const OTHERS: usize = 20;
 const PAUSED: &str = "osmosis_worker_partitions_paused";
@@ -36,11 +40,17 @@ fn body(record: &Record) -> String {
     String::from_utf8(record.value.clone()).unwrap()
 }
 
+/// The `i`th held request's body: its name, padded to [`HELD_BYTES`].
+fn held_body(i: usize) -> String {
+    let name = format!("held/{i}/");
+    format!("{name}{}", ".".repeat(HELD_BYTES - name.len()))
+}
+
 #[tokio::test]
 async fn a_full_partition_is_paused_and_the_other_partitions_are_answered_meanwhile() {
     let channel = kafka::create_topic("backpressure.requests", 3).await;
     let replies = kafka::create_topic("backpressure.replies", 1).await;
-    let held = (0..HELD).map(|i| ("held".to_owned(), format!("held/{i}")));
+    let held = (0..HELD).map(|i| ("held".to_owned(), held_body(i)));
     kafka::produce_requests(&channel, &replies, Some(0), held).await;
     let slow = binary("examples/slow");
     let mut worker = Worker::start(
@@ -83,7 +93,7 @@ async fn a_full_partition_is_paused_and_the_other_partitions_are_answered_meanwh
         .map(body)
         .filter(|body| body.starts_with("held/"))
         .collect();
-    let held_expected: Vec<String> = (0..HELD).map(|i| format!("held/{i}")).collect();
+    let held_expected: Vec<String> = (0..HELD).map(held_body).collect();
     assert_eq!(
         held_bodies, held_expected,
         "the held partition in its order"

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use tokio::sync::mpsc::error::TrySendError;
 
 use crate::clients::{self, Clients, WorkerContext};
 use crate::config::WorkerConfig;
@@ -91,8 +90,9 @@ pub async fn run<H: Handler>(
 }
 
 /// Takes messages from the consumer and queues each on its partition's
-/// pipeline until `shutdown` resolves. A partition whose queue is full is
-/// paused (`paused`) rather than waited for, so the others keep flowing.
+/// pipeline until `shutdown` resolves. A partition whose queue is full has
+/// its messages held, and is paused when it holds too much (`paused`),
+/// rather than waited for, so the others keep flowing.
 async fn fetch<H: Handler>(
     consumer: &StreamConsumer<WorkerContext>,
     partitions: &Partitions<H>,
@@ -120,25 +120,12 @@ async fn fetch<H: Handler>(
             }
         };
         let partition = message.partition();
-        let (queue, message) = match paused.hand_over(|| partitions.queue(partition), message) {
-            Ok(()) => continue,
-            Err(TrySendError::Closed(_)) => {
-                tracing::error!(partition, "partition task ended unexpectedly");
-                partitions.forget(partition);
-                continue;
-            }
-            // Not paused: the old way, everything waits for this partition.
-            Err(TrySendError::Full(message)) => (partitions.queue(partition), message),
-        };
-        tokio::select! {
-            biased;
-            () = &mut shutdown => return,
-            sent = queue.send(message) => {
-                if sent.is_err() {
-                    tracing::error!(partition, "partition task ended unexpectedly");
-                    partitions.forget(partition);
-                }
-            }
+        if paused
+            .hand_over(|| partitions.queue(partition), message)
+            .is_err()
+        {
+            tracing::error!(partition, "partition task ended unexpectedly");
+            partitions.forget(partition);
         }
     }
 }
