@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks (release build) against a local Kafka on a free port, started
-# and stopped here. Without arguments: every benchmark; with arguments:
-# `osmosis-bench <args>` (e.g. `scripts/bench.sh fanout --subscribers 1000`).
+# and stopped here. Without arguments: every benchmark; `performance`: the
+# four tables of the performance issue (round trip, worker throughput,
+# ingest, fan-out) in one run; otherwise `osmosis-bench <args>` (e.g.
+# `scripts/bench.sh fanout --subscribers 1000`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +48,16 @@ if [ $# -eq 0 ]; then
   "$bin"/osmosis-bench abuse --brokers "127.0.0.1:$KAFKA_PORT"
   echo
   # One gateway per protocol, so that neither run's memory colours the other's.
+  "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1
+  echo
+  "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h2
+elif [ "$1" = performance ]; then
+  "$bin"/osmosis-bench reply --brokers "127.0.0.1:$KAFKA_PORT"
+  echo
+  "$bin"/osmosis-bench worker --brokers "127.0.0.1:$KAFKA_PORT"
+  echo
+  "$bin"/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT"
+  echo
   "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1
   echo
   "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h2
