@@ -30,41 +30,33 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 scripts/kafka.sh up
 # Benchmarks print the broker's version in their headers.
 export KAFKA_VERSION=${KAFKA_VERSION:-$(sed -n 's/^KAFKA_VERSION=${KAFKA_VERSION:-\(.*\)}$/\1/p' scripts/kafka.sh)}
+# One table against the broker: `on_broker <bench> [args]`, then a blank line.
+on_broker() {
+  local bench=$1
+  shift
+  "$bin"/osmosis-bench "$bench" --brokers "127.0.0.1:$KAFKA_PORT" "$@"
+  echo
+}
+# The performance issue's four tables; one gateway per fan-out protocol, so
+# that neither run's memory colours the other's.
+performance() {
+  on_broker reply
+  on_broker worker
+  on_broker ingest
+  on_broker fanout --protocols h1
+  on_broker fanout --protocols h2
+}
 if [ $# -eq 0 ]; then
   "$bin"/osmosis-bench autoscale
   echo
-  "$bin"/osmosis-bench reaction --brokers "127.0.0.1:$KAFKA_PORT"
-  echo
-  "$bin"/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT"
-  echo
-  "$bin"/osmosis-bench reply --brokers "127.0.0.1:$KAFKA_PORT"
-  echo
-  "$bin"/osmosis-bench worker --brokers "127.0.0.1:$KAFKA_PORT"
-  echo
-  "$bin"/osmosis-bench fleet --brokers "127.0.0.1:$KAFKA_PORT"
-  echo
-  "$bin"/osmosis-bench auth --brokers "127.0.0.1:$KAFKA_PORT"
-  echo
-  "$bin"/osmosis-bench abuse --brokers "127.0.0.1:$KAFKA_PORT"
-  echo
-  # One gateway per protocol, so that neither run's memory colours the other's.
-  "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1
-  echo
-  "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h2
+  for bench in reaction fleet auth abuse; do
+    on_broker "$bench"
+  done
+  performance
 elif [ "$1" = performance ]; then
-  "$bin"/osmosis-bench reply --brokers "127.0.0.1:$KAFKA_PORT"
-  echo
-  "$bin"/osmosis-bench worker --brokers "127.0.0.1:$KAFKA_PORT"
-  echo
-  "$bin"/osmosis-bench ingest --brokers "127.0.0.1:$KAFKA_PORT"
-  echo
-  "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h1
-  echo
-  "$bin"/osmosis-bench fanout --brokers "127.0.0.1:$KAFKA_PORT" --protocols h2
+  performance
 elif [ "$1" = autoscale ]; then
   "$bin"/osmosis-bench "$@"
 else
-  bench=$1
-  shift
-  "$bin"/osmosis-bench "$bench" --brokers "127.0.0.1:$KAFKA_PORT" "$@"
+  on_broker "$@"
 fi

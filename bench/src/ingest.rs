@@ -72,10 +72,14 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let topic = kafka::create_topic_on(&args.brokers, "bench.ingest", args.partitions).await;
     let properties = GatewayProperties(args.gateway_properties.clone());
     let baseline_properties = GatewayProperties(args.baseline_properties.clone());
+    // Every load generator here is one client address (loopback), and one
+    // cell's connections may still be closing when the next cell opens its
+    // own: the per-client connection cap would answer 503 to the excess.
     let config = |properties: &GatewayProperties| {
         format!(
             "listen: 127.0.0.1:0\n{}channels: {{ {topic}: {{ partitions: {} }} }}\n\
-             routes:\n  - {{ method: POST, path: /ingest, channel: {topic}, max_body_bytes: {} }}\n",
+             routes:\n  - {{ method: POST, path: /ingest, channel: {topic}, max_body_bytes: {} }}\n\
+             limits: {{ connections: {{ per_client: 100000 }} }}\n",
             properties.kafka_yaml(&args.brokers),
             args.partitions,
             args.body_bytes.max(1024 * 1024),
@@ -105,7 +109,11 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             async move {
                 let failure = match request.await {
                     Ok(response) if response.status() == 202 => return true,
-                    Ok(response) => format!("status {}", response.status()),
+                    Ok(response) => {
+                        let status = response.status();
+                        let body = response.text().await.unwrap_or_default();
+                        format!("status {status}: {body}")
+                    }
                     Err(error) => format!("{error:?}"),
                 };
                 note_failure(&failure);
