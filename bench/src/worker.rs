@@ -44,13 +44,18 @@ pub struct WorkerArgs {
     /// Work per message of the slow handler (`slow --work-ms`).
     #[arg(long, default_value_t = 10)]
     work_ms: u64,
+    /// A directory holding another build's `echo` example (e.g. one built
+    /// from `main`): its default runtime is measured in the same run too,
+    /// for before/after tables.
+    #[arg(long)]
+    baseline_examples: Option<std::path::PathBuf>,
 }
 
 /// One measured configuration.
 struct Case {
     handler: &'static str,
-    runtime: &'static str,
-    binary: &'static str,
+    runtime: String,
+    binary: String,
     args: Vec<String>,
     messages: usize,
 }
@@ -75,17 +80,26 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
         cases.push(Case {
             handler: "echo",
-            runtime,
-            binary: "examples/echo",
+            runtime: runtime.to_owned(),
+            binary: "examples/echo".to_owned(),
             args: flags.clone(),
             messages: args.echo_messages,
         });
         cases.push(Case {
             handler: "slow, 10 ms",
-            runtime,
-            binary: "examples/slow",
+            runtime: runtime.to_owned(),
+            binary: "examples/slow".to_owned(),
             args: [flags, slow.to_vec()].concat(),
             messages: args.slow_messages,
+        });
+    }
+    if let Some(baseline) = &args.baseline_examples {
+        cases.push(Case {
+            handler: "echo",
+            runtime: format!("pipelined, baseline build (`{}`)", baseline.display()),
+            binary: baseline.join("echo").display().to_string(),
+            args: Vec::new(),
+            messages: args.echo_messages,
         });
     }
     cases.sort_by_key(|case| case.handler);
@@ -133,7 +147,7 @@ async fn measure(args: &WorkerArgs, case: &Case) -> anyhow::Result<Duration> {
         kafka::create_topic_on(&args.brokers, "bench.worker.replies", args.partitions).await;
     fill(args, &channel, &replies, case.messages).await?;
     let flags: Vec<&str> = case.args.iter().map(String::as_str).collect();
-    let worker = Worker::start(case.binary, &args.brokers, &channel, &flags);
+    let worker = Worker::start(&case.binary, &args.brokers, &channel, &flags);
     let brokers = args.brokers.clone();
     let expected = case.messages as i64;
     let elapsed = tokio::task::spawn_blocking(move || {
