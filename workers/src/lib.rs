@@ -9,7 +9,8 @@
 //!   dead-letter record) for it was acknowledged by Kafka;
 //! - order kept per partition (or per key, `--ordering key`), partitions
 //!   processed in parallel (handlers bounded by `max_in_flight`); a
-//!   partition whose pipeline is full is paused, never the others;
+//!   partition whose pipeline is full has its messages held (up to 4 MiB,
+//!   then it is paused), never the others;
 //! - pipelined acknowledgements: a reply waiting for Kafka's acknowledgement
 //!   does not hold back the partition's next message (up to
 //!   `max_in_flight_per_partition` unfinished); the committed offset is the
@@ -62,8 +63,9 @@
 //!   each on its partition's pipeline, and drains on shutdown.
 //! - `partitions`: one pipeline task per partition: started, revoked and
 //!   drained.
-//! - `paused`: partitions whose pipeline is full, paused in the consumer
-//!   (their extra messages held) so that the others keep flowing.
+//! - `paused`: partitions whose pipeline is full: their extra messages
+//!   held, the partition paused in the consumer once it holds too much, so
+//!   that the others keep flowing.
 //! - `pipeline`: one partition's messages in flight: taken in order,
 //!   handlers started in their lane's order, replies enqueued in handler
 //!   order and acknowledged in the background, the finished prefix's

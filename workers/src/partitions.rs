@@ -32,10 +32,9 @@ use crate::progress::Progress;
 /// Messages fetched for a partition and not yet taken by its pipeline.
 const QUEUE_CAPACITY: usize = 64;
 
-/// Free places a full partition's queue needs before the partition is
-/// fetched again: half, so that a partition going at its pipeline's pace
-/// is not paused and resumed (its prefetched messages dropped and fetched
-/// again) on every message.
+/// Free places a full partition's queue needs before its held messages
+/// are moved into it: half, so that a partition going at its pipeline's
+/// pace is not woken for every message.
 pub(crate) const RESUME_ROOM: usize = QUEUE_CAPACITY / 2;
 
 /// The pipeline tasks started so far.
