@@ -26,6 +26,7 @@ use osmosis_e2e::process::Gateway;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::floor::Floor;
 use crate::load::header;
 
 #[derive(Parser)]
@@ -452,21 +453,14 @@ async fn measure_floor(
     protocol: &str,
     count: usize,
 ) -> anyhow::Result<()> {
-    let mut child = tokio::process::Command::new(osmosis_e2e::process::binary("sse-floor"))
-        .args(["--http", http, "--max-connections"])
-        .arg((count + 100).to_string())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting sse-floor")?;
-    let pid = child.id().context("sse-floor pid")?;
-    let stdout = child.stdout.take().context("sse-floor stdout")?;
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let line = lines.next_line().await?.context("sse-floor said nothing")?;
-    let addr = serde_json::from_str::<serde_json::Value>(&line)?["addr"]
-        .as_str()
-        .context("sse-floor address")?
-        .to_owned();
+    let floor_args = [
+        "--http".to_owned(),
+        http.to_owned(),
+        "--max-connections".to_owned(),
+        (count + 100).to_string(),
+    ];
+    let floor = Floor::start("sse-floor", &floor_args).await?;
+    let (pid, addr) = (floor.pid()?, &floor.addr);
     let idle = rss_kib(pid);
     let latencies = Arc::new(Latencies::new());
     let subscribers = Subscribers::connect(
@@ -496,6 +490,6 @@ async fn measure_floor(
         );
     }
     subscribers.close();
-    child.kill().await.ok();
+    drop(floor);
     Ok(())
 }

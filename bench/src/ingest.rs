@@ -18,10 +18,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 
+use crate::floor::Floor;
 use crate::load::{closed_loop, header, open_loop};
-use crate::properties::{self, GatewayProperties};
+use crate::properties::GatewayProperties;
 use osmosis_e2e::kafka;
 use osmosis_e2e::process::Gateway;
+use osmosis_support::kafka::PropertyParser;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -48,12 +50,12 @@ pub struct IngestArgs {
     baseline_gateway: Option<std::path::PathBuf>,
     /// A librdkafka property of the gateway under test (repeatable), e.g.
     /// `--gateway-property linger.ms=2`.
-    #[arg(long = "gateway-property", value_parser = properties::parse)]
+    #[arg(long = "gateway-property", value_parser = PropertyParser)]
     gateway_properties: Vec<(String, String)>,
     /// A librdkafka property of the baseline gateway (repeatable): with
     /// `--baseline-gateway` set to the same binary, two settings side by
     /// side in one run.
-    #[arg(long = "baseline-property", value_parser = properties::parse)]
+    #[arg(long = "baseline-property", value_parser = PropertyParser)]
     baseline_properties: Vec<(String, String)>,
 }
 
@@ -93,7 +95,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             &[],
         )
     });
-    let floor = HttpFloor::start().await?;
+    let floor = Floor::start("http-floor", &[]).await?;
+    let floor_url = format!("http://{}/ingest", floor.addr);
     let url = gateway.url("/ingest");
     let body = bytes::Bytes::from(vec![b'x'; args.body_bytes]);
     let http = reqwest::Client::builder()
@@ -169,7 +172,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &concurrency in &args.concurrency {
         let raw = closed_loop(concurrency, duration, raw_op.clone()).await;
-        let http = wrk(&floor.url, concurrency, duration, wrk_script.path()).await?;
+        let http = wrk(&floor_url, concurrency, duration, wrk_script.path()).await?;
         let wrk_run = wrk(&url, concurrency, duration, wrk_script.path()).await?;
         let before = match &baseline {
             Some(baseline) => {
@@ -303,36 +306,6 @@ fn summary(rows: &[Row]) {
         );
     }
     println!();
-}
-
-/// `http-floor`, the bare HTTP server, in a process of its own.
-struct HttpFloor {
-    url: String,
-    _child: tokio::process::Child,
-}
-
-impl HttpFloor {
-    async fn start() -> anyhow::Result<Self> {
-        let mut child = tokio::process::Command::new(osmosis_e2e::process::binary("http-floor"))
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting http-floor")?;
-        let stdout = child.stdout.take().context("http-floor stdout")?;
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-        let line = lines
-            .next_line()
-            .await?
-            .context("http-floor said nothing")?;
-        let addr = serde_json::from_str::<serde_json::Value>(&line)?["addr"]
-            .as_str()
-            .context("http-floor address")?
-            .to_owned();
-        Ok(Self {
-            url: format!("http://{addr}/ingest"),
-            _child: child,
-        })
-    }
 }
 
 /// What one `wrk` run measured.

@@ -24,6 +24,7 @@ mod auth;
 mod autoscale;
 mod fanout;
 mod fleet;
+mod floor;
 mod ingest;
 mod load;
 mod properties;

@@ -31,7 +31,8 @@ use tokio::sync::oneshot;
 
 use crate::fleet::request_op;
 use crate::load::{Sample, header, open_loop};
-use crate::properties::{self, GatewayProperties};
+use crate::properties::GatewayProperties;
+use osmosis_support::kafka::PropertyParser;
 
 #[derive(Parser)]
 pub struct ReplyArgs {
@@ -54,7 +55,7 @@ pub struct ReplyArgs {
     worker_args: Vec<String>,
     /// A librdkafka property of the gateway's clients (repeatable), e.g.
     /// `--gateway-property linger.ms=0`.
-    #[arg(long = "gateway-property", value_parser = properties::parse)]
+    #[arg(long = "gateway-property", value_parser = PropertyParser)]
     gateway_properties: Vec<(String, String)>,
 }
 

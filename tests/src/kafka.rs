@@ -12,7 +12,7 @@ use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -343,15 +343,7 @@ pub fn committed_offsets(group: &str, topic: &str, partitions: i32) -> HashMap<i
 
 /// A request envelope as the record headers the gateway writes.
 pub fn envelope_headers(envelope: &RequestEnvelope) -> OwnedHeaders {
-    envelope
-        .to_headers()
-        .into_iter()
-        .fold(OwnedHeaders::new(), |headers, (key, value)| {
-            headers.insert(Header {
-                key,
-                value: Some(value.as_ref()),
-            })
-        })
+    osmosis_support::kafka::to_record_headers(envelope.to_headers())
 }
 
 /// Writes requests as the gateway writes them (envelope, a reply address

@@ -60,23 +60,23 @@ struct Held {
 
 impl Held {
     fn push(&mut self, message: OwnedMessage) {
-        self.bytes += size_of(&message);
+        self.bytes += held_bytes(&message);
         self.messages.push_back(message);
     }
 
     fn pop(&mut self) -> Option<OwnedMessage> {
         let message = self.messages.pop_front()?;
-        self.bytes -= size_of(&message);
+        self.bytes -= held_bytes(&message);
         Some(message)
     }
 
     fn unpop(&mut self, message: OwnedMessage) {
-        self.bytes += size_of(&message);
+        self.bytes += held_bytes(&message);
         self.messages.push_front(message);
     }
 }
 
-fn size_of(message: &OwnedMessage) -> usize {
+fn held_bytes(message: &OwnedMessage) -> usize {
     let headers = message.headers().map_or(0, |headers| {
         headers
             .iter()
