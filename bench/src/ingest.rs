@@ -1,6 +1,6 @@
 //! Ingest: the gateway's publish path against its ceiling, a plain rdkafka
-//! producer with the same durability settings (acks=all, idempotent) sending
-//! the same records to the same broker, at several concurrencies in the same
+//! producer with the gateway's producer settings (acks=all, idempotent, no
+//! linger) sending the same records to the same broker, at several concurrencies in the same
 //! run; then latency at half of the gateway's peak rate, offered open-loop
 //! (a fixed schedule, so a slow response cannot slow the offered load down
 //! and hide its own latency).
@@ -59,12 +59,20 @@ pub struct IngestArgs {
     baseline_properties: Vec<(String, String)>,
 }
 
-fn raw_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    ClientConfig::new()
+/// The raw producer takes the gateway's producer settings: its defaults
+/// (no linger) and the `--gateway-property` flags, so that the two differ
+/// only by what the gateway does around the send.
+fn raw_producer(brokers: &str, properties: &GatewayProperties) -> anyhow::Result<FutureProducer> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0");
+    for (key, value) in &properties.0 {
+        config.set(key, value);
+    }
+    config
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "2")
         .create()
         .context("creating the raw producer")
 }
@@ -103,7 +111,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let producer = raw_producer(&args.brokers)?;
+    let producer = raw_producer(&args.brokers, &properties)?;
 
     let gateway_op = {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
