@@ -343,8 +343,28 @@ async fn measure_gateway(
     let url = gateway.url(&format!("/v1/channels/{topic}"));
     let latencies = Arc::new(Latencies::new());
     // One subscription first starts the topic's live feed (its Kafka
-    // consumer), so that "idle" includes it and the rows measure connections.
-    let warm_up = Subscribers::connect(&url, "h1", 1, 1, &Arc::new(Latencies::new())).await?;
+    // consumer), so that "idle" includes it and the rows measure connections;
+    // records go through until it gets one, so that no row times the feed's
+    // first fetch or the producer's first metadata request.
+    let warmed = Arc::new(Latencies::new());
+    let warm_up = Subscribers::connect(&url, "h1", 1, 1, &warmed).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while warmed.count.load(Ordering::Relaxed) == 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no record reached the warm-up subscriber of {url} within 30 s"
+        );
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key("0")
+                    .payload(&now_micros().to_string()),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(error, _)| error)?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for protocol in &args.protocols {
         for &count in &args.subscribers {
             let idle = rss_kib(pid);

@@ -21,7 +21,7 @@ use nix::sys::signal::Signal;
 use osmosis_e2e::kafka;
 use osmosis_e2e::process::{Gateway, Worker};
 
-use crate::load::{Sample, header, open_loop};
+use crate::load::{Sample, header, note_failure, open_loop};
 
 #[derive(Parser)]
 pub struct FleetArgs {
@@ -157,7 +157,16 @@ pub(crate) fn request_op(
                 Ok(response) if response.status() == reqwest::StatusCode::OK => {
                     response.text().await.is_ok_and(|got| got == sent)
                 }
-                _ => false,
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response.text().await.unwrap_or_default();
+                    note_failure(&format!("status {status}: {body}"));
+                    false
+                }
+                Err(error) => {
+                    note_failure(&format!("{error:?}"));
+                    false
+                }
             }
         })
     }

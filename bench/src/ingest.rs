@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::floor::Floor;
-use crate::load::{closed_loop, header, open_loop};
+use crate::load::{closed_loop, header, note_failure, open_loop};
 use crate::properties::GatewayProperties;
 use osmosis_e2e::kafka;
 use osmosis_e2e::process::Gateway;
@@ -256,13 +256,6 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
 
 /// Shows the first few failed gateway requests on stderr, so that an
 /// `errors` cell can be explained.
-fn note_failure(failure: &str) {
-    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
-        eprintln!("ingest: a gateway request failed: {failure}");
-    }
-}
-
 /// One concurrency's rates.
 struct Row {
     concurrency: usize,

@@ -139,3 +139,13 @@ pub fn header(title: &str, details: &str) {
         std::env::var("KAFKA_VERSION").unwrap_or_else(|_| "(KAFKA_VERSION unset)".into()),
     );
 }
+
+/// Shows the first few failed requests of a run on stderr, so that an
+/// errors column comes with its reason (a status and problem, or the
+/// client's error).
+pub fn note_failure(failure: &str) {
+    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if SHOWN.fetch_add(1, Ordering::Relaxed) < 5 {
+        eprintln!("a gateway request failed: {failure}");
+    }
+}
