@@ -76,12 +76,16 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
     let worker = Worker::start("examples/echo", &args.brokers, &channel, &worker_args);
     worker.wait_assigned();
     let properties = GatewayProperties(args.gateway_properties.clone());
+    // The load generator is one client address standing for many clients:
+    // past saturation it opens more connections than one client may hold,
+    // and the rows would show the per-client cap instead of the gateway.
     let gateway = Gateway::start(&format!(
         "listen: 127.0.0.1:0\n\
          {kafka}\
          channels: {{ {channel}: {{}} }}\n\
          replies: {{ topic: {replies} }}\n\
-         routes:\n  - {{ method: POST, path: /work, channel: {channel}, mode: request, timeout_ms: 30000, max_wait_ms: 30000 }}\n",
+         routes:\n  - {{ method: POST, path: /work, channel: {channel}, mode: request, timeout_ms: 30000, max_wait_ms: 30000 }}\n\
+         limits: {{ connections: {{ per_client: 100000 }} }}\n",
         kafka = properties.kafka_yaml(&args.brokers),
     ));
     let http = reqwest::Client::builder()
