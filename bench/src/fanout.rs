@@ -346,6 +346,17 @@ async fn measure_gateway(
     // consumer), so that "idle" includes it and the rows measure connections;
     // records go through until it gets one, so that no row times the feed's
     // first fetch or the producer's first metadata request.
+    let publish = |i: u64, value: String| async move {
+        let key = (i % 3).to_string();
+        producer
+            .send(
+                FutureRecord::to(topic).key(&key).payload(&value),
+                Duration::from_secs(5),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| anyhow::Error::from(error))
+    };
     let warmed = Arc::new(Latencies::new());
     let warm_up = Subscribers::connect(&url, "h1", 1, 1, &warmed).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -354,15 +365,7 @@ async fn measure_gateway(
             Instant::now() < deadline,
             "no record reached the warm-up subscriber of {url} within 30 s"
         );
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .key("0")
-                    .payload(&now_micros().to_string()),
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|(error, _)| error)?;
+        publish(0, now_micros().to_string()).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for protocol in &args.protocols {
@@ -379,17 +382,6 @@ async fn measure_gateway(
             let connected = rss_kib(pid);
             let per_subscriber = connected.saturating_sub(idle) as f64 / count as f64;
             for &rate in &args.rates {
-                let publish = |i: u64, value: String| async move {
-                    let key = (i % 3).to_string();
-                    producer
-                        .send(
-                            FutureRecord::to(topic).key(&key).payload(&value),
-                            Duration::from_secs(5),
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|(error, _)| anyhow::Error::from(error))
-                };
                 let delivery = deliver(args, rate, count, &latencies, publish).await?;
                 println!(
                     "| {label} | {protocol} | {count} | {} | {rate} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",

@@ -1,7 +1,7 @@
 //! Ingest: the gateway's publish path against its ceiling, a plain rdkafka
 //! producer with the gateway's producer settings (acks=all, idempotent, no
-//! linger) sending the same records to the same broker, at several concurrencies in the same
-//! run; then latency at half of the gateway's peak rate, offered open-loop
+//! linger) sending the same records to the same broker, at several
+//! concurrencies in the same run; then latency at half of the gateway's peak rate, offered open-loop
 //! (a fixed schedule, so a slow response cannot slow the offered load down
 //! and hide its own latency).
 //!
@@ -24,8 +24,7 @@ use crate::properties::GatewayProperties;
 use osmosis_e2e::kafka;
 use osmosis_e2e::process::Gateway;
 use osmosis_support::kafka::PropertyParser;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 #[derive(Parser)]
 pub struct IngestArgs {
@@ -57,24 +56,6 @@ pub struct IngestArgs {
     /// side in one run.
     #[arg(long = "baseline-property", value_parser = PropertyParser)]
     baseline_properties: Vec<(String, String)>,
-}
-
-/// The raw producer takes the gateway's producer settings: its defaults
-/// (no linger) and the `--gateway-property` flags, so that the two differ
-/// only by what the gateway does around the send.
-fn raw_producer(brokers: &str, properties: &GatewayProperties) -> anyhow::Result<FutureProducer> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0");
-    for (key, value) in &properties.0 {
-        config.set(key, value);
-    }
-    config
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .create()
-        .context("creating the raw producer")
 }
 
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
@@ -111,7 +92,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let producer = raw_producer(&args.brokers, &properties)?;
+    let producer = properties.raw_producer(&args.brokers)?;
 
     let gateway_op = {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
@@ -254,8 +235,6 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Shows the first few failed gateway requests on stderr, so that an
-/// `errors` cell can be explained.
 /// One concurrency's rates.
 struct Row {
     concurrency: usize,

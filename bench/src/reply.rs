@@ -5,10 +5,10 @@
 //! - **Gateway**: open-loop HTTP requests to a request-mode route, answered
 //!   by the `echo` worker: client → gateway → channel → worker → reply
 //!   partition → gateway → client.
-//! - **Raw floor**: produce a request record (acks=all, idempotent) →
-//!   a plain consumer reads it → a plain producer writes the reply
-//!   (acks=all, idempotent) → a plain consumer hands it to the waiting
-//!   caller. No HTTP, no envelope, no offsets stored: what any Kafka
+//! - **Raw floor**: produce a request record → a plain consumer reads it →
+//!   a plain producer writes the reply → a plain consumer hands it to the
+//!   waiting caller; both producers with the gateway's producer settings
+//!   (acks=all, idempotent, no linger, and any `--gateway-property`). No HTTP, no envelope, no offsets stored: what any Kafka
 //!   request-reply costs on this broker.
 //!
 //! Latency is measured from each request's scheduled send time (open loop),
@@ -59,7 +59,8 @@ pub struct ReplyArgs {
     /// loop or `--worker-arg=--producer-property=linger.ms=0`.
     #[arg(long = "worker-arg", allow_hyphen_values = true)]
     worker_args: Vec<String>,
-    /// A librdkafka property of the gateway's clients (repeatable), e.g.
+    /// A librdkafka property of the gateway's clients and of the raw
+    /// floor's producers (repeatable), e.g.
     /// `--gateway-property linger.ms=0`.
     #[arg(long = "gateway-property", value_parser = PropertyParser)]
     gateway_properties: Vec<(String, String)>,
@@ -93,7 +94,7 @@ pub async fn run(args: ReplyArgs) -> anyhow::Result<()> {
         .build()?;
     let gateway_op = request_op(http, Arc::new(Mutex::new(vec![gateway.url("")])));
 
-    let raw = RawRoundTrip::start(&args.brokers, args.partitions).await?;
+    let raw = RawRoundTrip::start(&args.brokers, args.partitions, &properties).await?;
     let raw_op = raw.op();
 
     // Warm both paths: connections, metadata, the worker's first fetches.
@@ -196,12 +197,16 @@ impl Drop for RawRoundTrip {
 }
 
 impl RawRoundTrip {
-    async fn start(brokers: &str, partitions: i32) -> anyhow::Result<Self> {
+    async fn start(
+        brokers: &str,
+        partitions: i32,
+        properties: &GatewayProperties,
+    ) -> anyhow::Result<Self> {
         let requests = kafka::create_topic_on(brokers, "bench.raw.requests", partitions).await;
         let replies = kafka::create_topic_on(brokers, "bench.raw.replies", partitions).await;
-        let producer = durable_producer(brokers)?;
+        let producer = properties.raw_producer(brokers)?;
         let echo_in = consumer_at_end(brokers, &requests, partitions)?;
-        let echo_out = durable_producer(brokers)?;
+        let echo_out = properties.raw_producer(brokers)?;
         let replies_in = consumer_at_end(brokers, &replies, partitions)?;
         let waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>> = Arc::default();
 
@@ -276,17 +281,6 @@ impl RawRoundTrip {
             }) as Op
         }
     }
-}
-
-fn durable_producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        // As the gateway's and the worker's producers.
-        .set("linger.ms", "0")
-        .create()
-        .context("creating a raw producer")
 }
 
 /// A consumer of every partition of `topic` from its current end.

@@ -102,23 +102,30 @@ pub struct KafkaWriter {
     metadata_timeout: Duration,
 }
 
+/// The gateway's producer settings: its defaults, the configured
+/// properties, and the durability it fixes. The benchmarks' raw producers
+/// take them too, so that a floor differs from the gateway only by what
+/// the gateway does around the send.
+pub fn producer_settings(config: &KafkaConfig) -> ClientSettings {
+    ClientSettings::new(&config.brokers)
+        // No linger: measured (`osmosis-bench reply`, `ingest`) it takes
+        // ~3 ms off a request-reply round trip at 500 req/s and costs no
+        // throughput at depth, where records batch while earlier requests
+        // are in flight anyway.
+        .defaults(&[("linger.ms", "0"), ("reconnect.backoff.max.ms", "1000")])
+        .user(&config.properties)
+        .fixed(&[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("message.timeout.ms", &config.produce_timeout_ms.to_string()),
+        ])
+}
+
 impl KafkaWriter {
     /// Builds the producer; connects lazily, so this does not need Kafka up.
     /// A refused property is named without its value.
     pub fn new(config: &KafkaConfig) -> Result<Self, RefusedConfig> {
-        let message_timeout = config.produce_timeout_ms.to_string();
-        let settings = ClientSettings::new(&config.brokers)
-            // No linger: measured (`osmosis-bench reply`, `ingest`) it takes
-            // ~3 ms off a request-reply round trip at 500 req/s and costs no
-            // throughput at depth, where records batch while earlier
-            // requests are in flight anyway.
-            .defaults(&[("linger.ms", "0"), ("reconnect.backoff.max.ms", "1000")])
-            .user(&config.properties)
-            .fixed(&[
-                ("acks", "all"),
-                ("enable.idempotence", "true"),
-                ("message.timeout.ms", &message_timeout),
-            ]);
+        let settings = producer_settings(config);
         Ok(Self {
             producer: settings.create_with(LoggingContext)?,
             client_config: settings.build(),

@@ -129,7 +129,8 @@ pub struct Claim {
 
 /// The index of idempotency keys and its reader.
 pub struct Idempotency {
-    topic: String,
+    /// The index topic, shared by every record written to it.
+    topic: Arc<str>,
     /// Folded index, by scope hash, for the window.
     keys: Cache<String, KeyState>,
     /// Next offset to apply, per index partition.
@@ -162,7 +163,7 @@ impl Idempotency {
             .build();
         let window = Duration::from_secs(config.window_secs);
         let index = Arc::new(Self {
-            topic: config.topic.clone(),
+            topic: Arc::from(config.topic.as_str()),
             keys: Cache::builder()
                 .max_capacity(config.max_keys)
                 .time_to_live(window)
@@ -341,7 +342,7 @@ impl Idempotency {
         let stored = self
             .writer
             .write(OutboundRecord {
-                topic: Arc::from(self.topic.as_str()),
+                topic: Arc::clone(&self.topic),
                 partition: None,
                 key: Some(scope.0.clone().into_bytes()),
                 value: Bytes::from(record.encode()),

@@ -44,11 +44,12 @@ pub(super) async fn serve(State(edge): State<Edge>, mut request: Request, next: 
     let started = Instant::now();
     let metrics = &edge.state.metrics;
     let in_flight = InFlight::enter(metrics);
-    let admitted = match edge.rate_limited {
-        true => limits
+    let admitted = if edge.rate_limited {
+        limits
             .rate
-            .admit(request.uri().path(), route.as_str(), client),
-        false => Ok(()),
+            .admit(request.uri().path(), route.as_str(), client)
+    } else {
+        Ok(())
     };
     let response = match admitted {
         Ok(()) => next.run(request).await,
